@@ -13,7 +13,9 @@ step ``t`` against a KV cache of length ``T``): only the facts passed in differ.
 
 A mask materialises to a dense boolean array ``[B, 1, Q, K]`` for the plain XLA path
 (:meth:`Mask.dense`) and classifies tiles of a block size as empty / partial / full
-(:meth:`Mask.tiles`) for fused kernels that skip empty tiles.
+(:meth:`Mask.tiles`) for fused kernels that skip empty tiles. When the facts are known to be in
+row order (``TokenFacts.ordered``), :attr:`Mask.lower_triangular` says so statically, and the
+attention backends skip the key blocks after each query block without looking at the data.
 
 Shapes: ``B`` batch, ``Q`` query length, ``K`` key length.
 """
@@ -53,11 +55,17 @@ class TokenFacts:
       segment_ids: int ``[B, L]``; 0 = padding, 1, 2, ... = packed examples of the row.
       positions: int ``[B, L]``; position inside the token's example.
       is_input: bool ``[B, L]``; True for tokens of the bidirectional prefix.
+      ordered: static promise that positions increase strictly along the row among the
+        non-padding tokens of each segment (each example contiguous, counting up), as the
+        feature converters make them. Then ``causal & same_segment`` never allows a key after
+        its query in the row, and attention may skip those blocks; the outputs at padding
+        queries are then unspecified. :func:`facts` sets it when it can check the arrays.
     """
 
     segment_ids: jax.Array
     positions: jax.Array
     is_input: jax.Array
+    ordered: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -65,7 +73,8 @@ class TokenFacts:
 
     def __getitem__(self, index) -> "TokenFacts":
         """Slices every fact the same way, e.g. ``facts[:, 3:4]``."""
-        return TokenFacts(self.segment_ids[index], self.positions[index], self.is_input[index])
+        # A slice of an ordered row is still in order.
+        return TokenFacts(self.segment_ids[index], self.positions[index], self.is_input[index], self.ordered)
 
 
 def _segment_positions(segment_ids: jax.Array) -> jax.Array:
@@ -86,6 +95,7 @@ def facts(
     positions=None,
     is_input=None,
     shape: tuple[int, int] | None = None,
+    ordered: bool | None = None,
 ) -> TokenFacts:
     """Builds and checks :class:`TokenFacts` from whatever the caller has.
 
@@ -94,6 +104,10 @@ def facts(
       positions: int ``[B, L]``; default: restarting at 0 at each change of segment id.
       is_input: bool ``[B, L]``; default: all False (no prefix).
       shape: ``(B, L)`` when no array is given.
+      ordered: whether positions increase along the row inside each segment (see
+        :class:`TokenFacts`). Default: checked when the arrays are concrete, else False.
+        True is a promise the caller makes for traced arrays; a concrete array that breaks it
+        is refused.
 
     Returns:
       TokenFacts with int32 segment ids and positions and a bool prefix flag.
@@ -117,7 +131,28 @@ def facts(
     seg = jnp.ones(shape, jnp.int32) if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
     pos = _segment_positions(seg) if positions is None else jnp.asarray(positions, jnp.int32)
     inp = jnp.zeros(shape, bool) if is_input is None else jnp.asarray(is_input, bool)
-    return TokenFacts(seg, pos, inp)
+    # Default facts (one example per row, counting up) are in order by construction.
+    in_order = True if segment_ids is None and positions is None else _in_order(seg, pos)
+    if ordered is None:
+        ordered = bool(in_order)
+    elif ordered and in_order is False:
+        raise ValueError("facts(): ordered=True, but positions do not increase along the row inside every segment")
+    return TokenFacts(seg, pos, inp, bool(ordered))
+
+
+def _in_order(segment_ids, positions) -> bool | None:
+    """Whether positions increase strictly along each row among the non-padding tokens of each
+    segment; None for traced arrays (unknown)."""
+    if isinstance(segment_ids, jax.core.Tracer) or isinstance(positions, jax.core.Tracer):
+        return None
+    seg, pos = np.asarray(segment_ids), np.asarray(positions)
+    for row_seg, row_pos in zip(seg, pos):
+        order = np.lexsort((np.arange(len(row_seg)), row_seg))  # by segment, then by index
+        s, p = row_seg[order], row_pos[order]
+        same = (s[1:] == s[:-1]) & (s[1:] != 0)
+        if np.any(same & (p[1:] <= p[:-1])):
+            return False
+    return True
 
 
 # Primitive predicates over broadcast facts (query side [B, Q, 1], key side [B, 1, K]) -> bool.
@@ -150,6 +185,18 @@ def _evaluate(expr: tuple, sides: tuple, side: int = 0) -> jax.Array:
         w = expr[1]
         return (k.positions <= q.positions) & (k.positions > q.positions - w)
     return _PRIMITIVES[op](q, k)
+
+
+def _conjuncts(expr: tuple, side: int):
+    """``(side, primitive)`` of every term the whole expression is a conjunction of."""
+    op = expr[0]
+    if op == "facts":
+        yield from _conjuncts(expr[2], expr[1])
+    elif op == "and":
+        yield from _conjuncts(expr[1], side)
+        yield from _conjuncts(expr[2], side)
+    elif op not in ("or", "not"):
+        yield side, op
 
 
 def _shift(expr: tuple, n: int) -> tuple:
@@ -242,6 +289,25 @@ class Mask:
             (jax.tree.map(lambda a: a[:, :, None], q), jax.tree.map(lambda a: a[:, None, :], k)) for q, k in self.sides
         )
         return jnp.broadcast_to(_evaluate(self.expr, sides), self.shape)
+
+    @property
+    def lower_triangular(self) -> bool:
+        """Static: True when no key after its query in the row can be allowed, for every
+        non-padding query, whatever the arrays hold.
+
+        That holds for self-attention (queries and keys are the same ordered facts) whose mask
+        is a conjunction with a ``causal`` (or ``sliding_window``) term and a ``same_segment``
+        term: inside a segment, a key at a position not after the query's comes no later in
+        the row. Attention kernels use it to skip the key blocks after each query block.
+        """
+        Q, K = self.shape[1:]
+        found = {}
+        for side, op in _conjuncts(self.expr, 0):
+            q, k = self.sides[side]
+            same_row = q.segment_ids is k.segment_ids and q.positions is k.positions
+            if Q == K and q.ordered and k.ordered and same_row:
+                found.setdefault(side, set()).add("order" if op in ("causal", "sliding_window") else op)
+        return any({"order", "same_segment"} <= ops for ops in found.values())
 
     def dense(self) -> jax.Array:
         """Bool ``[B, 1, Q, K]``, broadcastable over heads."""

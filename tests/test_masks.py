@@ -607,3 +607,57 @@ def test_mask_round_trips_as_a_pytree():
     again = jax.tree.unflatten(treedef, leaves)
     np.testing.assert_array_equal(matrix(again), matrix(m))
     assert again.name == m.name
+
+
+# -- row order: the static promise behind the causal block path ------------------------------------
+
+
+def test_facts_know_when_rows_are_in_order():
+    assert masks.facts(shape=(2, 5)).ordered
+    assert masks.facts(np.array([[1, 1, 2, 2, 0]])).ordered  # packed, padding at the end
+    # positions counting up inside each segment, segments interleaved: still in order
+    assert masks.facts(np.array([[1, 2, 1, 2]]), positions=np.array([[0, 0, 1, 1]])).ordered
+    # a segment id that comes back restarts its default positions: a later key at a lower position
+    assert not masks.facts(np.array([[1, 1, 2, 1, 1]])).ordered
+    assert not masks.facts(np.ones((1, 4)), positions=np.array([[0, 2, 1, 3]])).ordered
+    assert not masks.facts(np.ones((1, 4)), positions=np.array([[0, 1, 1, 2]])).ordered  # not strictly
+    assert masks.facts(np.array([[1, 1, 0, 0]]), positions=np.array([[0, 1, 0, 0]])).ordered  # padding ignored
+    with pytest.raises(ValueError, match="ordered=True"):
+        masks.facts(np.ones((1, 4)), positions=np.array([[3, 2, 1, 0]]), ordered=True)
+    # traced arrays cannot be checked: not ordered unless promised
+    traced = jax.jit(lambda s: jnp.asarray(masks.facts(s).ordered))
+    assert not bool(traced(jnp.ones((1, 4), jnp.int32)))
+    assert masks.facts(shape=(1, 6))[:, 2:5].ordered
+
+
+def brute_lower_triangular(mask) -> bool:
+    """No non-padding query of any row may attend to a key after it."""
+    allowed = np.asarray(mask.allowed())
+    real = np.asarray(mask.q.segment_ids) != 0
+    upper = np.triu(np.ones(allowed.shape[1:], bool), k=1)
+    return not (allowed & upper & real[:, :, None]).any()
+
+
+@pytest.mark.parametrize(
+    "build, expected",
+    [
+        (lambda f, g: masks.causal(f) & masks.same_segment(f), True),
+        (lambda f, g: masks.same_segment(f) & masks.causal(f) & masks.not_padding(f), True),
+        (lambda f, g: masks.sliding_window(2, f) & masks.same_segment(f), True),
+        (lambda f, g: masks.causal(f), False),  # positions restart per example: a later example's start
+        (lambda f, g: masks.prefix(f) & masks.same_segment(f), False),
+        (lambda f, g: masks.full(f) & masks.same_segment(f), False),
+        (lambda f, g: (masks.causal(f) & masks.same_segment(f)) | masks.full(f), False),
+        (lambda f, g: masks.causal(f) & masks.same_segment(g), False),  # other facts
+    ],
+)
+def test_lower_triangular_only_when_it_holds_for_any_data(build, expected):
+    seg = np.array([[1, 1, 1, 2, 2, 3, 0], [1, 1, 1, 1, 1, 1, 1]])
+    f, g = masks.facts(seg), masks.facts(seg)
+    mask = build(f, g)
+    assert mask.lower_triangular == expected
+    if expected:
+        assert brute_lower_triangular(mask)
+    # without the promise, never
+    u = TokenFacts(f.segment_ids, f.positions, f.is_input)
+    assert not build(u, u).lower_triangular

@@ -15,8 +15,13 @@ __all__ = ["model_logits", "loss_fn", "stream_facts"]
 
 
 def stream_facts(batch: dict, stream: str) -> TokenFacts:
-    """Token facts of one stream of a packed batch."""
-    return TokenFacts(batch[f"{stream}_segment_ids"], batch[f"{stream}_positions"], batch[f"{stream}_is_input"])
+    """Token facts of one stream of a packed batch.
+
+    The feature converters keep each example contiguous with positions counting up from 0, so
+    the facts are marked ``ordered`` (causal attention then skips the key blocks after each
+    query block; see :class:`archzoo.masks.TokenFacts`). A hand-made batch must keep that layout.
+    """
+    return TokenFacts(batch[f"{stream}_segment_ids"], batch[f"{stream}_positions"], batch[f"{stream}_is_input"], ordered=True)
 
 
 def model_logits(model, batch: dict) -> jax.Array:

@@ -1,0 +1,127 @@
+"""Attention backends: the hand-written backward pass against ``jax.grad`` of plain attention, and
+the causal block path against the dense path."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from archzoo import masks
+from archzoo.layers import kernels
+from archzoo.layers.kernels import jax_attention, xla_attention
+from archzoo.masks import TokenFacts
+
+H, Dh = 4, 8
+# Three packed rows of 10 tokens: several examples, padding at the end, a row with no padding.
+SEGMENTS = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 2, 2, 2, 2, 2, 0, 0, 0]])
+B, L = SEGMENTS.shape
+
+
+def plain_attention(q, k, v, allowed, bias, scale):
+    """Softmax attention written out, differentiated by ``jax.grad``: the reference."""
+    G = k.shape[2]
+    k = jnp.repeat(k, H // G, axis=2)
+    v = jnp.repeat(v, H // G, axis=2)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    logits = jnp.where(allowed[:, None], logits, -1e30)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    return out * allowed.any(-1)[:, :, None, None].astype(out.dtype)
+
+
+def inputs(G, bias_batch, dtype=jnp.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    q = jnp.asarray(rng.normal(size=(B, L, H, Dh)), dtype)
+    k = jnp.asarray(rng.normal(size=(B, L, G, Dh)), dtype)
+    v = jnp.asarray(rng.normal(size=(B, L, G, Dh)), dtype)
+    bias = None if bias_batch is None else jnp.asarray(rng.normal(size=(bias_batch, H, L, L)), dtype)
+    # a cotangent that is zero at padding queries, whose outputs are not specified
+    g = jnp.asarray(rng.normal(size=(B, L, H, Dh)) * (SEGMENTS != 0)[:, :, None, None], dtype)
+    return q, k, v, bias, g
+
+
+def value_and_grads(backend, mask, q, k, v, bias, g, scale):
+    """Output and gradients of ``<g, attention(...)>`` w.r.t. q, k, v (and the bias)."""
+
+    def f(q, k, v, bias):
+        return jnp.sum(backend(q, k, v, mask, bias, scale).astype(jnp.float32) * g.astype(jnp.float32))
+
+    argnums = (0, 1, 2) if bias is None else (0, 1, 2, 3)
+    out = jax.jit(backend, static_argnums=5)(q, k, v, mask, bias, scale)
+    return out, jax.jit(jax.grad(f, argnums=argnums))(q, k, v, bias)
+
+
+def reference(mask, q, k, v, bias, g, scale):
+    allowed = mask.allowed()
+    backend = lambda q, k, v, mask, bias, scale: plain_attention(q, k, v, allowed, bias, scale)
+    return value_and_grads(backend, mask, q, k, v, bias, g, scale)
+
+
+def packed_causal(ordered: bool):
+    f = masks.facts(SEGMENTS)
+    assert f.ordered
+    f = TokenFacts(f.segment_ids, f.positions, f.is_input, ordered)
+    return masks.causal(f) & masks.same_segment(f)
+
+
+def assert_close(got, want, real, tol):
+    """Equal at non-padding queries (``real`` is ``[B, L]``); gradients everywhere."""
+    out, grads = got
+    want_out, want_grads = want
+    np.testing.assert_allclose(np.asarray(out, np.float32)[real], np.asarray(want_out, np.float32)[real], rtol=tol, atol=tol)
+    for a, b in zip(grads, want_grads):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", [xla_attention, jax_attention], ids=["xla", "jax"])
+@pytest.mark.parametrize("G", [1, 2, 4])
+@pytest.mark.parametrize("bias_batch", [None, B, 1], ids=["no-bias", "bias", "bias-broadcast"])
+@pytest.mark.parametrize("block", [None, 4], ids=["dense", "causal-blocks"])
+def test_output_and_gradients_match_plain_attention(monkeypatch, backend, G, bias_batch, block):
+    """Multi-head, grouped and multi-query; with a learned bias (its gradient summed over a
+    broadcast batch); dense, and in causal blocks of 4 over rows of 10 (a ragged last block)."""
+    if block is not None:
+        monkeypatch.setattr(kernels, "CAUSAL_BLOCK", block)
+    mask = packed_causal(ordered=block is not None)
+    assert mask.lower_triangular == (block is not None)
+    q, k, v, bias, g = inputs(G, bias_batch)
+    scale = Dh**-0.5
+    assert_close(value_and_grads(backend, mask, q, k, v, bias, g, scale), reference(mask, q, k, v, bias, g, scale), SEGMENTS != 0, 2e-5)
+
+
+def test_bfloat16_backward_tracks_float32(monkeypatch):
+    monkeypatch.setattr(kernels, "CAUSAL_BLOCK", 4)
+    mask = packed_causal(ordered=True)
+    q, k, v, bias, g = inputs(2, B, jnp.bfloat16)
+    f32 = [None if a is None else a.astype(jnp.float32) for a in (q, k, v, bias, g)]
+    got = value_and_grads(xla_attention, mask, q, k, v, bias, g, Dh**-0.5)
+    want = reference(mask, *f32, Dh**-0.5)
+    assert_close(got, want, SEGMENTS != 0, 6e-2)
+
+
+@pytest.mark.parametrize("backend", [xla_attention, jax_attention], ids=["xla", "jax"])
+def test_causal_blocks_attend_only_to_keys_up_to_the_block_end(monkeypatch, backend):
+    """Rows of 10 in blocks of 4: the queries of block i meet keys [0, 4 (i + 1)), so the score
+    matrices are 4x4, 4x8 and 2x10 instead of one 10x10; without the order promise, one 10x10."""
+    monkeypatch.setattr(kernels, "CAUSAL_BLOCK", 4)
+    q, k, v, _, _ = inputs(2, None)
+    seen = []
+
+    def spy(q, k, v, allowed, bias, scale):
+        seen.append(allowed.shape[1:])
+        return plain_attention(q, k, v, allowed, bias, scale)
+
+    spied = kernels._backend(spy, "spy", "")
+    spied(q, k, v, packed_causal(ordered=True), None, 1.0)
+    assert seen == [(4, 4), (4, 8), (2, 10)]
+    seen.clear()
+    spied(q, k, v, packed_causal(ordered=False), None, 1.0)
+    assert seen == [(10, 10)]
+    # and the real backends give the dense path's result at every non-padding query
+    blocked = jax.jit(backend, static_argnums=5)(q, k, v, packed_causal(ordered=True), None, 1.0)
+    dense = jax.jit(backend, static_argnums=5)(q, k, v, packed_causal(ordered=False), None, 1.0)
+    np.testing.assert_allclose(np.asarray(blocked)[SEGMENTS != 0], np.asarray(dense)[SEGMENTS != 0], rtol=1e-5, atol=1e-6)
