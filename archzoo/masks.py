@@ -146,13 +146,11 @@ def _in_order(segment_ids, positions) -> bool | None:
     if isinstance(segment_ids, jax.core.Tracer) or isinstance(positions, jax.core.Tracer):
         return None
     seg, pos = np.asarray(segment_ids), np.asarray(positions)
-    for row_seg, row_pos in zip(seg, pos):
-        order = np.lexsort((np.arange(len(row_seg)), row_seg))  # by segment, then by index
-        s, p = row_seg[order], row_pos[order]
-        same = (s[1:] == s[:-1]) & (s[1:] != 0)
-        if np.any(same & (p[1:] <= p[:-1])):
-            return False
-    return True
+    index = np.broadcast_to(np.arange(seg.shape[-1]), seg.shape)
+    order = np.lexsort((index, seg), axis=-1)  # each row by segment, then by index
+    s, p = np.take_along_axis(seg, order, -1), np.take_along_axis(pos, order, -1)
+    same = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] != 0)
+    return not np.any(same & (p[:, 1:] <= p[:, :-1]))
 
 
 # Primitive predicates over broadcast facts (query side [B, Q, 1], key side [B, 1, K]) -> bool.
