@@ -299,11 +299,13 @@ class Mask:
         the row. Attention kernels use it to skip the key blocks after each query block.
         """
         Q, K = self.shape[1:]
+        if Q != K:
+            return False
         found = {}
         for side, op in _conjuncts(self.expr, 0):
             q, k = self.sides[side]
             same_row = q.segment_ids is k.segment_ids and q.positions is k.positions
-            if Q == K and q.ordered and k.ordered and same_row:
+            if q.ordered and k.ordered and same_row:
                 found.setdefault(side, set()).add("order" if op in ("causal", "sliding_window") else op)
         return any({"order", "same_segment"} <= ops for ops in found.values())
 

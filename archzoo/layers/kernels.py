@@ -27,6 +27,7 @@ __all__ = ["xla_attention", "jax_attention", "BACKENDS", "CAUSAL_BLOCK"]
 CAUSAL_BLOCK = 128
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _xla_core(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale: float):
     """Einsum attention under a dense boolean mask, float32 softmax, with a hand-written
     backward pass.
@@ -37,18 +38,13 @@ def _xla_core(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale: float):
     spent its time transposing ``[B, H, Q, K]`` arrays between the matmuls (measured in the
     issue note for the runs issue).
     """
-    return _attention(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale)
+    return _attention_fwd(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale)[0]
 
 
 def _heads(q_BQHD, k_BKGD, v_BKGD):
     G = k_BKGD.shape[2]
     q = rearrange(q_BQHD, "B Q (G R) D -> B G R Q D", G=G)
     return q, rearrange(k_BKGD, "B K G D -> B G K D"), rearrange(v_BKGD, "B K G D -> B G K D")
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _attention(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale):
-    return _attention_fwd(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale)[0]
 
 
 def _attention_fwd(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale):
@@ -61,11 +57,12 @@ def _attention_fwd(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale):
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("BGRQK,BGKD->BGRQD", probs.astype(v.dtype), v)
     out_BQHD = rearrange(out, "B G R Q D -> B Q (G R) D")
-    return out_BQHD, (q, k, v, out, probs, allowed_BQK, bias_BHQK)
+    # masked keys have probability 0, so the backward pass needs no mask
+    return out_BQHD, (q, k, v, out, probs, bias_BHQK)
 
 
 def _attention_bwd(scale, residuals, g_BQHD):
-    q, k, v, out, probs, allowed_BQK, bias_BHQK = residuals
+    q, k, v, out, probs, bias_BHQK = residuals
     G = k.shape[1]
     g = rearrange(g_BQHD, "B Q (G R) D -> B G R Q D", G=G)
     d_probs = jnp.einsum("BGRQD,BGKD->BGRQK", g, v, preferred_element_type=jnp.float32)
@@ -91,7 +88,7 @@ def _attention_bwd(scale, residuals, g_BQHD):
     )
 
 
-_attention.defvjp(_attention_fwd, _attention_bwd)
+_xla_core.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _dot_product_core(implementation):

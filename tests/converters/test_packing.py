@@ -10,6 +10,7 @@ from flax import nnx
 import archzoo
 from archzoo.converters import pack_examples
 from archzoo.train.loss import loss_fn
+from archzoo.train.step import split_model
 
 Example = namedtuple("Example", "inputs targets")
 MLMExample = namedtuple("MLMExample", "inputs targets target_positions")
@@ -145,9 +146,8 @@ def test_packed_loss_and_gradients_with_causal_blocks_equal_the_dense_path(monke
     from archzoo.layers import kernels
 
     model = archzoo.build(**BASE, family="decoder", seed=0)
-    (batch,) = list(pack_examples(examples(1, 8), "decoder", LENGTHS, batch_size=8, start_id=START))[:1]
-    graphdef, params = nnx.split(model, nnx.Param)[:2]
-    rest = nnx.split(model, nnx.Param, ...)[2]
+    batch = next(pack_examples(examples(1, 8), "decoder", LENGTHS, batch_size=8, start_id=START))
+    graphdef, params, rest = split_model(model)
 
     def loss(params):
         return loss_fn(nnx.merge(graphdef, params, rest), batch)[0]
