@@ -96,4 +96,10 @@ def test_grouped_query_equals_multi_head_with_repeated_kv_heads():
     mha.o[...] = gqa.o[...]
     mha.k[...] = np.repeat(np.asarray(gqa.k[...]), 2, axis=1)
     mha.v[...] = np.repeat(np.asarray(gqa.v[...]), 2, axis=1)
-    np.testing.assert_allclose(np.asarray(forward(gqa, x, mask, None)), np.asarray(forward(mha, x, mask, None)), atol=1e-6)
+    out_gqa = np.asarray(forward(gqa, x, mask, None))
+    out_mha = np.asarray(forward(mha, x, mask, None))
+    # Two differently shaped float32 computations agree to rounding, not bitwise: their reductions
+    # run in an order that depends on the shapes and the CPU. Allow a few float32 ulps of the
+    # outputs' scale (|out| reaches ~6 here, so 1e-6 absolute is under two ulps and fails on some CPUs).
+    scale = np.abs(out_mha).max()
+    np.testing.assert_allclose(out_gqa, out_mha, rtol=0, atol=16 * np.finfo(np.float32).eps * scale)
