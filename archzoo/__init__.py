@@ -10,47 +10,42 @@ The public API for research code::
     archzoo.count_params("configs/models/llama2-7b.yaml").total
 """
 
-from archzoo import masks
-from archzoo.config import ConfigError
-from archzoo.generation import Generation, generate
-from archzoo.masks import Mask, TokenFacts, facts
-from archzoo.models import (
-    Decoder,
-    Encoder,
-    EncoderDecoder,
-    ModelConfig,
-    ParamCount,
-    build,
-    count_params,
-    load_model_config,
-)
+import importlib
 
-__all__ = [
-    "masks",
-    "Mask",
-    "TokenFacts",
-    "facts",
-    "build",
-    "count_params",
-    "ParamCount",
-    "load_model_config",
-    "ModelConfig",
-    "ConfigError",
-    "Decoder",
-    "Encoder",
-    "EncoderDecoder",
-    "generate",
-    "Generation",
-    "convert",
-]
+# Each public name -> the module that defines it. They load on first use, so `import archzoo.masks`
+# (or any one submodule) does not pull in flax, the model families or Hugging Face interop.
+_EXPORTS = {
+    "Mask": "archzoo.masks",
+    "TokenFacts": "archzoo.masks",
+    "facts": "archzoo.masks",
+    "ConfigError": "archzoo.config",
+    "Generation": "archzoo.generation",
+    "generate": "archzoo.generation",
+    "Decoder": "archzoo.models",
+    "Encoder": "archzoo.models",
+    "EncoderDecoder": "archzoo.models",
+    "ModelConfig": "archzoo.models",
+    "ParamCount": "archzoo.models",
+    "build": "archzoo.models",
+    "count_params": "archzoo.models",
+    "load_model_config": "archzoo.models",
+}
+_SUBMODULES = ("masks", "convert")
+
+__all__ = [*_SUBMODULES, *_EXPORTS]
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # Hugging Face interop loads on first use (safetensors), so `import archzoo` stays light.
-    if name == "convert":
-        import importlib
-
-        return importlib.import_module("archzoo.convert")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"archzoo.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'archzoo' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

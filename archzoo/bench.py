@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archzoo.converters.packing import LOSS_STREAM, STREAMS
+from archzoo.features.packing import LOSS_STREAM, STREAMS
 from archzoo.models import build, count_params, load_model_config
 from archzoo.train.flops import train_flops
 from archzoo.train.optimizer import OptimizerConfig

@@ -25,10 +25,10 @@ from archzoo.models import FAMILIES
 from archzoo.models.base import Buffer
 from archzoo.models.config import ModelConfig
 
-__all__ = ["CONVERTERS", "load_hf", "save_hf", "get_params", "set_params", "param_paths"]
+__all__ = ["HF_CONVERTERS", "load_hf", "save_hf", "get_params", "set_params", "param_paths"]
 
 # model_type in config.json -> module of this package that converts it
-CONVERTERS = {
+HF_CONVERTERS = {
     "gpt2": "archzoo.convert.gpt2",
     "opt": "archzoo.convert.opt",
     "bloom": "archzoo.convert.bloom",
@@ -40,9 +40,9 @@ CONVERTERS = {
 
 
 def _module(model_type: str):
-    if model_type not in CONVERTERS:
-        raise ValueError(f"model_type {model_type!r} has no converter; supported: {', '.join(sorted(CONVERTERS))}")
-    return importlib.import_module(CONVERTERS[model_type])
+    if model_type not in HF_CONVERTERS:
+        raise ValueError(f"model_type {model_type!r} has no converter; supported: {', '.join(sorted(HF_CONVERTERS))}")
+    return importlib.import_module(HF_CONVERTERS[model_type])
 
 
 def _key(path) -> str:

@@ -42,7 +42,7 @@ class Attention(nnx.Module):
         self.o_bias = param(rngs, zeros, (D,), ("embed",)) if cfg.out_bias else None
 
     def _project(self, x_BLD, w, b):
-        y = jnp.einsum("BLD,DHK->BLHK", x_BLD, w[...].astype(x_BLD.dtype))
+        y = jnp.einsum("BLD,DHd->BLHd", x_BLD, w[...].astype(x_BLD.dtype))  # d: head width Dh
         return y if b is None else y + b[...].astype(x_BLD.dtype)
 
     def project_q(self, x_BLD: jax.Array, positions_BL: jax.Array | None = None, inv_freq=None) -> jax.Array:
@@ -69,5 +69,5 @@ class Attention(nnx.Module):
           ``[B, Q, D]``.
         """
         out_BQHD = BACKENDS[self.backend](q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, self.scale)
-        y = jnp.einsum("BQHK,HKD->BQD", out_BQHD, self.o[...].astype(out_BQHD.dtype))
+        y = jnp.einsum("BQHd,HdD->BQD", out_BQHD, self.o[...].astype(out_BQHD.dtype))
         return y if self.o_bias is None else y + self.o_bias[...].astype(y.dtype)

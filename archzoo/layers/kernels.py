@@ -1,5 +1,9 @@
 """Attention backends: one function each, same signature, selected by ``attention.backend``.
 
+Shapes: ``B`` batch, ``Q``/``K`` query/key length, ``H`` query heads, ``G`` kv heads, ``R = H / G``
+query heads per kv head, ``Dh`` head width (``d`` in ``jnp.einsum`` strings, which take one letter
+per axis).
+
 Each takes queries ``[B, Q, H, Dh]``, keys and values ``[B, K, G, Dh]`` (G divides H: grouped-
 query and multi-query attention share keys across ``H / G`` query heads), the mask value, an
 optional additive bias ``[B, H, Q, K]`` and the logit scale, and returns ``[B, Q, H, Dh]``.
@@ -35,28 +39,27 @@ def _xla_core(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale: float):
     Masked logits get the dtype's most negative finite value, not -inf, so no row gives NaN.
     The backward pass reuses the saved probabilities and writes each gradient as one batched
     matmul in the layout it is needed in; the same step through ``jax.grad`` of the forward
-    spent its time transposing ``[B, H, Q, K]`` arrays between the matmuls (measured in the
-    issue note for the runs issue).
+    spent its time transposing ``[B, H, Q, K]`` arrays between the matmuls.
     """
     return _attention_fwd(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale)[0]
 
 
 def _heads(q_BQHD, k_BKGD, v_BKGD):
     G = k_BKGD.shape[2]
-    q = rearrange(q_BQHD, "B Q (G R) D -> B G R Q D", G=G)
-    return q, rearrange(k_BKGD, "B K G D -> B G K D"), rearrange(v_BKGD, "B K G D -> B G K D")
+    q = rearrange(q_BQHD, "B Q (G R) Dh -> B G R Q Dh", G=G)
+    return q, rearrange(k_BKGD, "B K G Dh -> B G K Dh"), rearrange(v_BKGD, "B K G Dh -> B G K Dh")
 
 
 def _attention_fwd(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale):
     q, k, v = _heads(q_BQHD, k_BKGD, v_BKGD)
     G = k.shape[1]
-    logits = jnp.einsum("BGRQD,BGKD->BGRQK", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum("BGRQd,BGKd->BGRQK", q, k, preferred_element_type=jnp.float32) * scale
     if bias_BHQK is not None:
         logits = logits + rearrange(bias_BHQK.astype(jnp.float32), "B (G R) Q K -> B G R Q K", G=G)
     logits = jnp.where(allowed_BQK[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("BGRQK,BGKD->BGRQD", probs.astype(v.dtype), v)
-    out_BQHD = rearrange(out, "B G R Q D -> B Q (G R) D")
+    out = jnp.einsum("BGRQK,BGKd->BGRQd", probs.astype(v.dtype), v)
+    out_BQHD = rearrange(out, "B G R Q Dh -> B Q (G R) Dh")
     # masked keys have probability 0, so the backward pass needs no mask
     return out_BQHD, (q, k, v, out, probs, bias_BHQK)
 
@@ -64,15 +67,15 @@ def _attention_fwd(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale):
 def _attention_bwd(scale, residuals, g_BQHD):
     q, k, v, out, probs, bias_BHQK = residuals
     G = k.shape[1]
-    g = rearrange(g_BQHD, "B Q (G R) D -> B G R Q D", G=G)
-    d_probs = jnp.einsum("BGRQD,BGKD->BGRQK", g, v, preferred_element_type=jnp.float32)
+    g = rearrange(g_BQHD, "B Q (G R) Dh -> B G R Q Dh", G=G)
+    d_probs = jnp.einsum("BGRQd,BGKd->BGRQK", g, v, preferred_element_type=jnp.float32)
     # softmax backward: p * (dp - sum_k p dp), with sum_k p dp = <g, out> per query
     row = jnp.sum(g.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
     d_logits = probs * (d_probs - row)
     d_scores = (d_logits * scale).astype(q.dtype)
-    dq = jnp.einsum("BGRQK,BGKD->BGRQD", d_scores, k)
-    dk = jnp.einsum("BGRQK,BGRQD->BGKD", d_scores, q)
-    dv = jnp.einsum("BGRQK,BGRQD->BGKD", probs.astype(g.dtype), g)
+    dq = jnp.einsum("BGRQK,BGKd->BGRQd", d_scores, k)
+    dk = jnp.einsum("BGRQK,BGRQd->BGKd", d_scores, q)
+    dv = jnp.einsum("BGRQK,BGRQd->BGKd", probs.astype(g.dtype), g)
     d_bias = None
     if bias_BHQK is not None:
         d_bias = rearrange(d_logits, "B G R Q K -> B (G R) Q K")
@@ -80,9 +83,9 @@ def _attention_bwd(scale, residuals, g_BQHD):
         summed = tuple(i for i, n in enumerate(bias_BHQK.shape) if n == 1 and d_bias.shape[i] != 1)
         d_bias = jnp.sum(d_bias, axis=summed, keepdims=True).astype(bias_BHQK.dtype)
     return (
-        rearrange(dq, "B G R Q D -> B Q (G R) D").astype(q.dtype),
-        rearrange(dk, "B G K D -> B K G D").astype(k.dtype),
-        rearrange(dv, "B G K D -> B K G D").astype(v.dtype),
+        rearrange(dq, "B G R Q Dh -> B Q (G R) Dh").astype(q.dtype),
+        rearrange(dk, "B G K Dh -> B K G Dh").astype(k.dtype),
+        rearrange(dv, "B G K Dh -> B K G Dh").astype(v.dtype),
         None,
         d_bias,
     )
@@ -101,29 +104,23 @@ def _dot_product_core(implementation):
     return core
 
 
-def _backend(core, name: str, doc: str):
-    """A backend from a core over a dense mask: the causal block path when the mask allows it,
-    and zeros for queries with no allowed key."""
-
-    def attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
-        allowed = mask.allowed()
-        L = q_BQHD.shape[1]
-        if not mask.lower_triangular or L <= CAUSAL_BLOCK:
-            out = core(q_BQHD, k_BKGD, v_BKGD, allowed, bias_BHQK, scale)
-        else:
-            blocks = []
-            for start in range(0, L, CAUSAL_BLOCK):
-                stop = min(start + CAUSAL_BLOCK, L)
-                bias = None if bias_BHQK is None else bias_BHQK[:, :, start:stop, :stop]
-                blocks.append(
-                    core(q_BQHD[:, start:stop], k_BKGD[:, :stop], v_BKGD[:, :stop], allowed[:, start:stop, :stop], bias, scale)
-                )
-            out = jnp.concatenate(blocks, axis=1)
-        return _zero_empty_rows(out, allowed)
-
-    attention.__name__ = name
-    attention.__doc__ = doc
-    return attention
+def _attend(core, q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
+    """``core`` over the mask's dense form: the causal block path when the mask is statically
+    lower-triangular, and zeros for queries with no allowed key."""
+    allowed = mask.allowed()
+    L = q_BQHD.shape[1]
+    if not mask.lower_triangular or L <= CAUSAL_BLOCK:
+        out = core(q_BQHD, k_BKGD, v_BKGD, allowed, bias_BHQK, scale)
+    else:
+        blocks = []
+        for start in range(0, L, CAUSAL_BLOCK):
+            stop = min(start + CAUSAL_BLOCK, L)
+            bias = None if bias_BHQK is None else bias_BHQK[:, :, start:stop, :stop]
+            blocks.append(
+                core(q_BQHD[:, start:stop], k_BKGD[:, :stop], v_BKGD[:, :stop], allowed[:, start:stop, :stop], bias, scale)
+            )
+        out = jnp.concatenate(blocks, axis=1)
+    return _zero_empty_rows(out, allowed)
 
 
 def _zero_empty_rows(out_BQHD, allowed_BQK):
@@ -134,10 +131,19 @@ def _zero_empty_rows(out_BQHD, allowed_BQK):
     return out_BQHD * has_key_BQ[:, :, None, None].astype(out_BQHD.dtype)
 
 
-xla_attention = _backend(_xla_core, "xla_attention", "Plain XLA: einsum, dense boolean mask, float32 softmax.")
-jax_attention = _backend(_dot_product_core(None), "jax_attention", "jax.nn.dot_product_attention (default implementation).")
-cudnn_attention = _backend(
-    _dot_product_core("cudnn"), "cudnn_attention", "jax.nn.dot_product_attention with implementation='cudnn'."
-)
+def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
+    """Plain XLA: einsum, dense boolean mask, float32 softmax, hand-written backward pass."""
+    return _attend(_xla_core, q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+
+
+def jax_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
+    """``jax.nn.dot_product_attention`` (default implementation)."""
+    return _attend(_dot_product_core(None), q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+
+
+def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
+    """``jax.nn.dot_product_attention`` with ``implementation="cudnn"`` (NVIDIA GPUs)."""
+    return _attend(_dot_product_core("cudnn"), q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+
 
 BACKENDS = {"xla": xla_attention, "jax": jax_attention, "cudnn": cudnn_attention}

@@ -27,7 +27,3 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, 
 def dense_init(fan_in: int, std: float | None = None):
     """Normal init with std ``fan_in ** -0.5`` unless given (GPT-2 and Llama use 0.02)."""
     return normal(std if std is not None else fan_in**-0.5)
-
-
-def cast(x: jax.Array, dtype) -> jax.Array:
-    return x if x.dtype == dtype else x.astype(dtype)

@@ -7,7 +7,7 @@ from flax import nnx
 from archzoo.masks import Mask, TokenFacts
 from archzoo.models.base import LanguageModel, check_facts, check_tokens
 from archzoo.models.config import ModelConfig
-from archzoo.models.decoder import self_attention_mask
+from archzoo.models.self_attention import self_attention_mask
 from archzoo.models.stack import Stack
 
 __all__ = ["Encoder"]

@@ -12,7 +12,7 @@ from archzoo.masks import Mask, TokenFacts
 from archzoo.models.base import LanguageModel, check_facts, check_tokens
 from archzoo.models.cache import KVCache, empty_facts, write_facts
 from archzoo.models.config import ModelConfig
-from archzoo.models.decoder import self_attention_mask
+from archzoo.models.self_attention import self_attention_mask
 from archzoo.models.stack import Stack
 
 __all__ = ["EncoderDecoder"]

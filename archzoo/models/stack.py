@@ -106,7 +106,6 @@ class Stack(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, num_layers: int, *, cross: bool, bidirectional: bool, rngs: nnx.Rngs):
         pos = cfg.position
-        self.position_kind = pos.kind
         self.positions = LearnedPositions(pos, cfg.d_model, rngs=rngs) if pos.kind == "learned" else None
         self.relative_bias = (
             RelativePositionBias(pos, cfg.attention.num_heads, bidirectional=bidirectional, rngs=rngs)

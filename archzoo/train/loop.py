@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from archzoo.config import ConfigError
-from archzoo.converters.packing import LOSS_STREAM, STREAMS
+from archzoo.features.packing import LOSS_STREAM, STREAMS
 from archzoo.data.bpe import build_tokenizer
 from archzoo.data.splits import load_splits
 from archzoo.models import build, count_params
@@ -28,7 +28,7 @@ from archzoo.objectives import build_objective
 from archzoo.train.config import RunConfig, resolved
 from archzoo.train.flops import forward_flops_per_token, train_flops
 from archzoo.train.optimizer import learning_rate
-from archzoo.train.pipeline import Pipeline, auto_chunk_len, chunk_documents, validation_batches
+from archzoo.features.pipeline import Pipeline, auto_chunk_len, chunk_documents, validation_batches
 from archzoo.train.rundir import MetricsWriter, prepare_run_dir, write_json
 from archzoo.train.step import make_eval_step, make_train_step, split_model
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from archzoo.converters.packing import LOSS_STREAM
+from archzoo.features.packing import LOSS_STREAM
 from archzoo.masks import TokenFacts
 
 __all__ = ["model_logits", "loss_fn", "stream_facts"]
@@ -38,7 +38,7 @@ def loss_fn(model, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
 
     Args:
       model: any family.
-      batch: a packed batch (see :mod:`archzoo.converters.packing`).
+      batch: a packed batch (see :mod:`archzoo.features.packing`).
       z_loss: coefficient of the auxiliary ``log(Z)^2`` term (PaLM, §5), 0 to disable.
 
     Returns:

@@ -5,10 +5,10 @@ import pytest
 
 import archzoo
 from archzoo.config import ConfigError
-from archzoo.converters import pack_examples
+from archzoo.features import pack_examples
 from archzoo.train.config import load_run_configs
 from archzoo.train.loss import loss_fn
-from tests.converters.test_packing import BASE, LENGTHS, START, examples
+from tests.features.test_packing import BASE, LENGTHS, START, examples
 
 
 def test_base_file_runs_and_overrides_compose(tmp_path):

@@ -6,10 +6,10 @@ import pytest
 from flax import nnx
 
 import archzoo
-from archzoo.converters import pack_examples
+from archzoo.features import pack_examples
 from archzoo.train.optimizer import OptimizerConfig, build_optimizer, decay_mask, learning_rate
 from archzoo.train.step import make_train_step, split_model
-from tests.converters.test_packing import BASE, LENGTHS, START, examples
+from tests.features.test_packing import BASE, LENGTHS, START, examples
 
 
 def _stack(batches):

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["feature_converter", "CONVERTERS", "Packer", "pack_examples", "STREAMS"]
+__all__ = ["feature_converter", "FEATURE_CONVERTERS", "Packer", "pack_examples", "STREAMS"]
 
 # The streams each family's batch holds, and which carries the loss.
 STREAMS = {"decoder": ("decoder",), "encoder_decoder": ("encoder", "decoder"), "encoder": ("encoder",)}
@@ -86,7 +86,7 @@ def encoder_features(example, start_id: int) -> dict[str, dict[str, np.ndarray]]
     return {"encoder": {"tokens": inputs, "targets": targets, "weights": weights, "is_input": np.ones(len(inputs), bool)}}
 
 
-CONVERTERS: dict[str, Callable] = {
+FEATURE_CONVERTERS: dict[str, Callable] = {
     "decoder": decoder_features,
     "encoder_decoder": encoder_decoder_features,
     "encoder": encoder_features,
@@ -95,9 +95,9 @@ CONVERTERS: dict[str, Callable] = {
 
 def feature_converter(family: str) -> Callable:
     """The feature function of a family: ``example, start_id -> {stream: {field: array}}``."""
-    if family not in CONVERTERS:
-        raise ValueError(f"no feature converter for family {family!r}; valid: {', '.join(CONVERTERS)}")
-    return CONVERTERS[family]
+    if family not in FEATURE_CONVERTERS:
+        raise ValueError(f"no feature converter for family {family!r}; valid: {', '.join(FEATURE_CONVERTERS)}")
+    return FEATURE_CONVERTERS[family]
 
 
 _FIELDS = {"tokens": np.int32, "targets": np.int32, "weights": np.float32, "is_input": bool, "segment_ids": np.int32, "positions": np.int32}

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from archzoo.converters.packing import STREAMS, Packer, feature_converter, pack_examples
+from archzoo.features.packing import STREAMS, Packer, feature_converter, pack_examples
 from archzoo.data.splits import permutation
 from archzoo.objectives import example_rng
 

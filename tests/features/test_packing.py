@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import archzoo
-from archzoo.converters import pack_examples
+from archzoo.features import pack_examples
 from archzoo.train.loss import loss_fn
 from archzoo.train.step import split_model
 
@@ -82,8 +82,8 @@ def test_packed_loss_equals_unpacked_mlm():
 
 
 def test_packer_state_round_trip():
-    from archzoo.converters import Packer
-    from archzoo.converters.packing import decoder_features
+    from archzoo.features import Packer
+    from archzoo.features.packing import decoder_features
 
     exs = examples(3, 7)
     a = Packer({"decoder": 24}, 2)
@@ -118,7 +118,7 @@ def test_encoder_decoder_example_with_empty_targets_packs_to_nothing_on_the_deco
 
 
 def test_validation_scores_the_same_examples_for_every_family():
-    from archzoo.train.pipeline import validation_batches
+    from archzoo.features.pipeline import validation_batches
 
     chunks = [np.arange(10, 10 + n, dtype=np.int32) for n in (5, 9, 7, 12, 6, 8, 11)]
 

@@ -1,0 +1,19 @@
+"""The data side of a run after the objective: feature converters (architecture-agnostic examples
+-> packed model batches per family) and the resumable chunk -> objective -> pack -> batches
+pipeline (DESIGN.md §6)."""
+
+from archzoo.features.packing import FEATURE_CONVERTERS, STREAMS, LOSS_STREAM, Packer, feature_converter, pack_examples
+from archzoo.features.pipeline import Pipeline, auto_chunk_len, chunk_documents, validation_batches
+
+__all__ = [
+    "FEATURE_CONVERTERS",
+    "STREAMS",
+    "LOSS_STREAM",
+    "Packer",
+    "feature_converter",
+    "pack_examples",
+    "Pipeline",
+    "auto_chunk_len",
+    "chunk_documents",
+    "validation_batches",
+]
