@@ -238,14 +238,20 @@ class Mask:
         self.k = k
         # Facts of masks combined into this one from other facts, referenced by index from expr.
         self.sides = ((q, k),) + tuple(more)
+        # Static: per side, whether the keys are the queries themselves (self-attention).
+        self.self_attention = tuple(k is q for q, k in self.sides)
 
     # -- pytree ------------------------------------------------------------------------------
     def tree_flatten(self):
-        return self.sides, self.expr
+        # A self-attention side is flattened once and comes back as one facts object for both
+        # queries and keys, so what lower_triangular reads survives jit and tree maps.
+        children = tuple((q,) if same else (q, k) for (q, k), same in zip(self.sides, self.self_attention))
+        return children, self.expr
 
     @classmethod
     def tree_unflatten(cls, expr, children):
-        return cls(expr, *children[0], *children[1:])
+        sides = [side * 2 if len(side) == 1 else side for side in children]
+        return cls(expr, *sides[0], *sides[1:])
 
     # -- algebra -----------------------------------------------------------------------------
     def _combine(self, other: "Mask", op: str) -> "Mask":
@@ -297,15 +303,17 @@ class Mask:
         is a conjunction with a ``causal`` (or ``sliding_window``) term and a ``same_segment``
         term: inside a segment, a key at a position not after the query's comes no later in
         the row. Attention kernels use it to skip the key blocks after each query block.
+
+        It reads only static structure: the expression, each side's ``ordered`` flag and
+        whether the side was built from one facts object (``causal(f)``, ``causal(f, f)``), so
+        a mask passed into ``jax.jit`` answers the same as outside.
         """
         Q, K = self.shape[1:]
         if Q != K:
             return False
         found = {}
         for side, op in _conjuncts(self.expr, 0):
-            q, k = self.sides[side]
-            same_row = q.segment_ids is k.segment_ids and q.positions is k.positions
-            if q.ordered and k.ordered and same_row:
+            if self.self_attention[side] and self.sides[side][0].ordered:
                 found.setdefault(side, set()).add("order" if op in ("causal", "sliding_window") else op)
         return any({"order", "same_segment"} <= ops for ops in found.values())
 

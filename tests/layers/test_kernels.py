@@ -124,3 +124,33 @@ def test_causal_blocks_attend_only_to_keys_up_to_the_block_end(monkeypatch, back
     blocked = jax.jit(backend, static_argnums=5)(q, k, v, packed_causal(ordered=True), None, 1.0)
     dense = jax.jit(backend, static_argnums=5)(q, k, v, packed_causal(ordered=False), None, 1.0)
     np.testing.assert_allclose(np.asarray(blocked)[SEGMENTS != 0], np.asarray(dense)[SEGMENTS != 0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_mask_passed_into_jit_keeps_the_causal_block_path(monkeypatch):
+    """A mask built outside ``jax.jit`` and passed in as an argument: its leaves come back as
+    tracers, and the promise (self-attention over ordered facts) must survive that."""
+    monkeypatch.setattr(kernels, "CAUSAL_BLOCK", 4)
+    q, k, v, _, _ = inputs(2, None)
+    mask = packed_causal(ordered=True)
+    again = jax.tree.unflatten(*reversed(jax.tree.flatten(mask)))
+    assert again.lower_triangular
+    seen, flags = [], []
+
+    def spy(q, k, v, allowed, bias, scale):
+        seen.append(allowed.shape[1:])
+        return plain_attention(q, k, v, allowed, bias, scale)
+
+    @jax.jit
+    def attend(q, k, v, mask):
+        flags.append(mask.lower_triangular)
+        return kernels._attend(spy, q, k, v, mask, None, 1.0)
+
+    blocked = attend(q, k, v, mask)
+    assert flags == [True]
+    assert seen == [(4, 4), (4, 8), (2, 10)]
+    dense = plain_attention(q, k, v, mask.allowed(), None, 1.0)
+    np.testing.assert_allclose(np.asarray(blocked)[SEGMENTS != 0], np.asarray(dense)[SEGMENTS != 0], rtol=1e-5, atol=1e-6)
+    # without the order promise, the dense path under jit too
+    seen.clear()
+    attend(q, k, v, packed_causal(ordered=False))
+    assert seen == [(10, 10)]
