@@ -70,7 +70,8 @@ def resolve_paths(source: str | Path) -> list[Path]:
       source: a path or a glob pattern (``*``, ``?``, ``[...]``, ``**``).
 
     Returns:
-      The matching paths in sorted order (a folder is returned as itself).
+      The matching paths in sorted order (a folder is returned as itself), each file once: of
+      paths that resolve to the same file (symlinks), only the first is kept.
 
     Raises:
       DataError: nothing exists at ``source`` or nothing matches the glob.
@@ -80,7 +81,12 @@ def resolve_paths(source: str | Path) -> list[Path]:
         paths = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
         if not paths:
             raise DataError(f"no files match {text}")
-        return paths
+        # Symlinks are followed, so a file and a link to it would be two documents (one could
+        # land in training and the other in validation); the first path in sorted order stays.
+        unique = {}
+        for p in paths:
+            unique.setdefault(p.resolve(), p)
+        return list(unique.values())
     path = Path(text).expanduser()
     if not path.exists():
         raise DataError(f"corpus not found: {path}")
@@ -312,6 +318,6 @@ def read_documents(source: str | Path, format: str = "auto", field: str = "text"
             documents = read_parquet(paths, field)
         else:
             raise DataError(f"unknown format {format!r} for {source}; valid: auto, text, jsonl, parquet, hf_disk")
-    if not any(documents):
-        raise DataError(f"empty corpus: {source} holds no text ({len(documents)} documents, all empty)")
+    if not any(d.strip() for d in documents):
+        raise DataError(f"empty corpus: {source} holds no text ({len(documents)} documents, all empty or whitespace)")
     return documents

@@ -163,3 +163,29 @@ def test_not_utf8_is_named(tmp_path):
     with pytest.raises(DataError, match="UTF-8") as e:
         read_documents(path)
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("content", [" \n\t\n", "\n\n\n"])
+@pytest.mark.parametrize("text_documents", ["file", "blank_lines"])
+def test_whitespace_only_corpus_is_named(tmp_path, content, text_documents):
+    path = tmp_path / "blank.txt"
+    path.write_text(content)
+    with pytest.raises(DataError, match="empty corpus") as e:
+        read_documents(path, text_documents=text_documents)
+    assert str(path) in str(e.value)
+
+
+def test_glob_reads_a_file_and_its_symlinks_once(tmp_path):
+    # /usr/share/common-licenses holds GPL -> GPL-3; the text must not count as two documents.
+    licenses = tmp_path / "licenses"
+    licenses.mkdir()
+    (licenses / "GPL-3").write_text("the third version")
+    (licenses / "MIT").write_text("permission is granted")
+    (licenses / "GPL").symlink_to("GPL-3")
+    (licenses / "latest").symlink_to(licenses / "GPL")  # a link to a link
+    (tmp_path / "elsewhere.txt").write_text("outside the folder")
+    (licenses / "outside").symlink_to(tmp_path / "elsewhere.txt")  # a link is still followed
+    got = read_documents(str(licenses / "*"), format="text")
+    assert sorted(got) == sorted(["the third version", "permission is granted", "outside the folder"])
+    # The first path in sorted order stands for the file.
+    assert got == ["the third version", "permission is granted", "outside the folder"]
