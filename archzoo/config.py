@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -42,6 +44,8 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Located:
     mapping.file = getattr(loader, "_archzoo_file", None)
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, typing.Hashable):
+            raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, got {key!r}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.lines[key] = key_node.start_mark.line + 1
     return mapping
@@ -51,9 +55,42 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 # YAML 1.1 reads "1e-5" as a string; accept the scientific notation researchers write.
 _LineLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    __import__("re").compile(r"^[-+]?(?:\d[\d_]*)?(?:\.[\d_]*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.[\d_]*$"),
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.[\d_]*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.[\d_]*$"),
     list("-+0123456789."),
 )
+
+
+def _duplicate_keys(node: yaml.Node, path: str, file: str | None) -> None:
+    """Refuses a mapping that gives one key twice, at any depth (YAML would keep the last)."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}[{i}]", file)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first_line = {}
+    for key_node, value_node in node.value:
+        key, line = key_node.value, key_node.start_mark.line + 1
+        dotted = f"{path}.{key}" if path else str(key)
+        if isinstance(key_node, yaml.ScalarNode):
+            if key in first_line:
+                where = f"{file}, line {line}: " if file else ""
+                raise ConfigError(f"{where}duplicate key {dotted}, first given at line {first_line[key]}")
+            first_line[key] = line
+        _duplicate_keys(value_node, dotted, file)
+
+
+def _parse(text: str, file: str | None) -> Any:
+    """Parses YAML text, remembering file and line of every key (raises yaml.YAMLError)."""
+    loader = _LineLoader(text)
+    loader._archzoo_file = file
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _duplicate_keys(node, "", file)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -61,15 +98,16 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    loader = _LineLoader(text)
-    loader._archzoo_file = str(path)
+    raw = path.read_bytes()
     try:
-        data = loader.get_single_data()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        data = _parse(text, str(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    finally:
-        loader.dispose()
     if data is None:
         data = _Located()
         data.lines, data.file = {}, str(path)
@@ -147,6 +185,8 @@ def _coerce(value: Any, tp: Any, key: str, data: Any, leaf: str) -> Any:
         raise ConfigError(f"{_where(data, leaf)}{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{_where(data, leaf)}{key}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{_where(data, leaf)}{key}: expected a number, got {value!r}")
     if tp is str:
@@ -178,32 +218,62 @@ def from_dict(cls: type, data: dict, *, prefix: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            hint = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            if hint:
-                extra = f"; did you mean {prefix}{hint[0]!r}?"
-            else:
-                # A key that belongs one level down (num_heads under attention) is a common slip.
-                nested = {f"{name}.{sub.name}": sub.name for name in fields if dataclasses.is_dataclass(hints[name]) for sub in dataclasses.fields(hints[name])}
-                deep = difflib.get_close_matches(str(key), list(nested.values()), n=1, cutoff=0.8)
-                dotted = [k for k, v in nested.items() if deep and v == deep[0]]
-                extra = f"; did you mean {prefix}{dotted[0]}?" if dotted else f"; valid keys: {', '.join(fields)}"
-            raise ConfigError(f"{_where(data, key)}unknown key {prefix}{key!r} in {cls.__name__}{extra}")
+            raise ConfigError(f"{_where(data, key)}unknown key {prefix}{key!r} in {cls.__name__}{_suggest(str(key), fields, hints, prefix)}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", data, key)
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        # A __post_init__ check names the field; add where the mapping came from.
-        field = getattr(e, "field", None)
-        where = _where(data, field) if field in data else _where(data, None)
-        if where and not str(e).startswith(where):
-            raise ConfigError(f"{where}{e}") from None
-        raise
+        raise _located(e, fields, data, prefix) from None
+
+
+def _suggest(key: str, fields: dict, hints: dict, prefix: str) -> str:
+    """The likeliest meant key: the same name one level down (num_heads under attention), then a
+    close spelling at this level, then a close spelling one level down."""
+    nested = {f"{name}.{sub.name}": sub.name for name in fields if dataclasses.is_dataclass(hints[name]) for sub in dataclasses.fields(hints[name])}
+    exact = [path for path, sub in nested.items() if sub == key]
+    if exact:
+        return f"; did you mean {prefix}{exact[0]}?"
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {prefix}{close[0]!r}?"
+    deep = difflib.get_close_matches(key, list(nested.values()), n=1, cutoff=0.8)
+    dotted = [path for path, sub in nested.items() if deep and sub == deep[0]]
+    return f"; did you mean {prefix}{dotted[0]}?" if dotted else f"; valid keys: {', '.join(fields)}"
+
+
+def _located(err: ConfigError, fields: dict, data: dict, prefix: str) -> ConfigError:
+    """A ``__post_init__`` error restated with the whole dotted key and the file and line of its value.
+
+    The check names its field relative to its own class (``head_dim``, ``attention.head_dim``
+    from ModelConfig) or after the section it belongs to (``attention.num_heads`` from
+    AttentionConfig); leading parts that are not fields of the class are that section's name.
+    """
+    parts = getattr(err, "path", "").split(".")
+    while parts and parts[0] not in fields:
+        parts = parts[1:]
+    if not parts:
+        where = _where(data, None)
+        return ConfigError(f"{where}{err}") if where and not str(err).startswith(where) else err
+    node, key = data, parts[0]
+    for part in parts[1:]:
+        child = node.get(key)
+        if not isinstance(child, dict) or part not in child:
+            break
+        node, key = child, part
+    located = invalid(f"{prefix}{'.'.join(parts)}", err.message)
+    located.args = (f"{_where(node, key)}{located}",)
+    return located
 
 
 def invalid(field: str, message: str) -> ConfigError:
-    """A ConfigError for a ``__post_init__`` check, remembering which field it is about."""
+    """A ConfigError for a ``__post_init__`` check, remembering which field it is about.
+
+    Args:
+      field: the field's dotted name, relative to its class or after its section's name.
+      message: what is wrong and what would be valid.
+    """
     err = ConfigError(f"{field}: {message}")
-    err.field = field.split(".")[-1]
+    err.path, err.field, err.message = field, field.split(".")[-1], message
     return err
 
 
@@ -224,7 +294,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip().lstrip("-")
     if not key:
         raise ConfigError(f"override {text!r}: empty key")
-    value = yaml.load(raw, Loader=_LineLoader) if raw.strip() else None
+    try:
+        value = _parse(raw, None) if raw.strip() else None
+    except (yaml.YAMLError, ConfigError) as e:
+        problem = str(e) if isinstance(e, ConfigError) else f"not valid YAML: {e}"
+        raise ConfigError(f"override {text!r}: {problem}") from None
     return key.split("."), value
 
 

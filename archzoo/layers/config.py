@@ -100,6 +100,10 @@ class NormConfig:
     embedding_norm: bool = False
     final_norm: bool = True
 
+    def __post_init__(self):
+        if self.eps < 0:
+            raise invalid("norm.eps", f"must be >= 0, got {self.eps}")
+
 
 @dataclass(frozen=True)
 class RopeScaling:
@@ -137,6 +141,10 @@ class PositionConfig:
     def __post_init__(self):
         if self.max_len < 1:
             raise invalid("position.max_len", f"must be >= 1, got {self.max_len}")
+        if self.offset < 0:
+            raise invalid("position.offset", f"must be >= 0, got {self.offset}")
+        if not self.rope_theta > 0:
+            raise invalid("position.rope_theta", f"must be > 0, got {self.rope_theta}")
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,23 @@ class ModelConfig:
             raise invalid("mask", f"only a decoder takes mask={self.mask!r}; family={self.family!r}")
         if self.position.kind == "rope" and self.head_dim % 2:
             raise invalid("attention.head_dim", f"RoPE needs an even head width, got {self.head_dim}")
+        if self.position.kind == "t5_bias":
+            self._check_relative_buckets()
+
+    def _check_relative_buckets(self):
+        """T5 buckets (Raffel et al. 2020): half hold exact distances, half grow logarithmically up
+        to max_distance; an encoder's bidirectional stack first splits them between past and future.
+        Each stack needs one exact bucket and a max_distance past its exact ones."""
+        n, distance = self.position.num_buckets, self.position.max_distance
+        per_direction = {"decoder": (n,), "encoder": (n // 2,), "encoder_decoder": (n // 2, n)}[self.family]
+        bidirectional = self.family != "decoder"
+        minimum = 4 if bidirectional else 2
+        if n < minimum:
+            split = ", split between past and future in the encoder" if bidirectional else ""
+            raise invalid("position.num_buckets", f"a {self.family} needs at least {minimum} (half exact distances, half logarithmic{split}), got {n}")
+        max_exact = max(per_direction) // 2
+        if distance <= max_exact:
+            raise invalid("position.max_distance", f"must be more than {max_exact}, the largest distance with a bucket of its own (num_buckets={n}), got {distance}")
 
     @property
     def head_dim(self) -> int:

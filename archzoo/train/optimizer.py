@@ -55,6 +55,8 @@ class OptimizerConfig:
     def __post_init__(self):
         if not self.lr > 0:
             raise invalid("optimizer.lr", f"must be > 0, got {self.lr}")
+        if not self.eps > 0:
+            raise invalid("optimizer.eps", f"must be > 0, got {self.eps}")
         for name in ("b1", "b2"):
             if not 0 <= getattr(self, name) < 1:
                 raise invalid(f"optimizer.{name}", f"must be in [0, 1), got {getattr(self, name)}")
