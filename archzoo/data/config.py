@@ -77,7 +77,9 @@ class DataConfig:
       field: the JSON key, Parquet column or dataset column that holds the text.
       text_documents: for text files, ``file`` (each file is one document) or ``blank_lines``
         (each run of non-blank lines is one document).
-      validation_fraction: share of documents held out for validation (0 = none).
+      validation_fraction: share of documents held out for validation (0 = none). A corpus of
+        one document (a single text file read whole) holds out the last lines of its text
+        instead: the share ``validation_fraction`` of its characters, cut at a line start.
       validation_count: when set, exactly this many documents are held out instead.
       seed: fixes the validation split and the order of the training documents.
       shuffle: shuffle the training documents (the validation split is seeded either way).

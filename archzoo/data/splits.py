@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Splits:
-    """Training and validation documents (disjoint by document).
+    """Training and validation documents (disjoint by document; a one-document corpus is cut in two).
 
     Attributes:
       train: training documents, in training order.
@@ -109,6 +109,34 @@ def _validation_size(n: int, fraction: float, count: int | None) -> int:
     return max(1, round(fraction * n))
 
 
+# A held-out document is usable with this many characters besides whitespace: an example needs
+# a token to read and one to predict.
+MIN_USABLE_CHARS = 2
+_WITHOUT_VALIDATION = "or set data.validation_fraction: 0 to train without validation"
+_HOW_TO_SPLIT = (
+    "make several documents (data.text_documents: blank_lines reads each paragraph as one, or a glob "
+    f"reads several files), {_WITHOUT_VALIDATION}"
+)
+
+
+def _usable(document: str) -> bool:
+    return len(document.strip()) >= MIN_USABLE_CHARS
+
+
+def _split_one_document(text: str, fraction: float, source: str) -> Splits:
+    """Holds out the last ``fraction`` of a single document's text, cut at the first line start
+    at or after that point (else the last one before it)."""
+    goal = round(len(text) * (1 - fraction))
+    newline = text.find("\n", max(goal - 1, 0), len(text) - 1)  # a line must start after it
+    if newline < 0:
+        newline = text.rfind("\n", 0, max(goal - 1, 0))
+    train, held_out = text[: newline + 1], text[newline + 1 :]
+    if newline < 0 or not (_usable(train) and _usable(held_out)):
+        why = "has no line break to cut at" if newline < 0 else "cannot be cut at a line break into two parts that both hold text"
+        raise DataError(f"{source}: the corpus is one document, whose last lines validation_fraction={fraction} would hold out, but it {why}; {_HOW_TO_SPLIT}")
+    return Splits(train=(train,), validation=(held_out,))
+
+
 def split_validation(
     documents: Sequence[str],
     *,
@@ -119,6 +147,9 @@ def split_validation(
     source: str = "corpus",
 ) -> Splits:
     """Holds out whole documents for validation, chosen by ``seed``.
+
+    A corpus of one document (a single text file read whole) has no document to spare: with a
+    ``fraction``, the last lines of its text are held out instead (see ``DataConfig``).
 
     Args:
       documents: the whole corpus, in corpus order.
@@ -132,17 +163,30 @@ def split_validation(
       Disjoint training and validation documents that together hold the corpus.
 
     Raises:
-      DataError: the split would leave no training document.
+      DataError: the split would leave no training document, or its validation documents hold
+        no usable text (fewer than MIN_USABLE_CHARS characters besides whitespace each).
     """
     n = len(documents)
     k = _validation_size(n, fraction, count)
+    if n == 1 and k == 1 and count is None:
+        return _split_one_document(documents[0], fraction, source)
     if k >= n:
         asked = f"validation_count={count}" if count is not None else f"validation_fraction={fraction}"
+        if n == 1:
+            raise DataError(f"{source}: {asked} holds out whole documents, and the corpus is one document; use validation_fraction (its last lines are held out), {_HOW_TO_SPLIT}")
         raise DataError(f"{source}: {asked} holds out {k} of {n} documents, leaving none for training")
     order = permutation(n, seed)
     held_out = sorted(order[:k])
     train = order[k:] if shuffle else sorted(order[k:])
-    return Splits(train=tuple(documents[i] for i in train), validation=tuple(documents[i] for i in held_out))
+    splits = Splits(train=tuple(documents[i] for i in train), validation=tuple(documents[i] for i in held_out))
+    if k and not any(_usable(d) for d in splits.validation):
+        shown = ", ".join(repr(d[:20]) for d in splits.validation[:3]) + (", ..." if k > 3 else "")
+        raise DataError(
+            f"{source}: the validation split holds no usable text ({k} held-out documents: {shown}; none has "
+            f"{MIN_USABLE_CHARS} characters besides whitespace); hold out more documents (data.validation_count), "
+            f"others (data.seed), {_WITHOUT_VALIDATION}"
+        )
+    return splits
 
 
 def load_documents(cfg: DataConfig) -> list[str]:

@@ -80,3 +80,59 @@ def test_load_splits_then_shard(tmp_path):
     assert sorted(d for m in mine for d in m.validation) == sorted(splits.validation)
     with pytest.raises(DataError, match="19 training documents cannot feed 20 processes"):
         splits.shard(0, 20)
+
+
+BOOK = "".join(f"Line {i} of the only document, with some words in it.\n" for i in range(200))
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.5])
+def test_a_single_document_holds_out_its_last_lines(tmp_path, fraction):
+    path = tmp_path / "book.txt"
+    path.write_text(BOOK)
+    splits = load_splits(DataConfig(source=str(path), validation_fraction=fraction))
+    (train,), (held_out,) = splits.train, splits.validation
+    assert train + held_out == BOOK
+    # Reference: the cut is the first line start at or after (1 - fraction) of the text.
+    goal = round(len(BOOK) * (1 - fraction))
+    starts = [i for i in range(1, len(BOOK)) if BOOK[i - 1] == "\n"]
+    assert len(train) == min(s for s in starts if s >= goal)
+    assert load_splits(DataConfig(source=str(path), validation_fraction=fraction, seed=7)) == splits
+
+
+def test_a_single_document_is_whole_for_training_without_validation(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text(BOOK)
+    assert load_splits(DataConfig(source=str(path), validation_fraction=0.0)) == Splits(train=(BOOK,), validation=())
+
+
+@pytest.mark.parametrize(
+    "text, settings, asked",
+    [
+        ("one line and no line break to cut at", {}, "validation_fraction=0.05"),
+        (BOOK, {"validation_count": 1}, "validation_count=1"),
+        ("first line\n \n", {"validation_fraction": 0.4}, "validation_fraction=0.4"),
+    ],
+)
+def test_a_single_document_that_cannot_be_cut_says_how_to_split_it(tmp_path, text, settings, asked):
+    path = tmp_path / "book.txt"
+    path.write_text(text)
+    with pytest.raises(DataError) as e:
+        load_splits(DataConfig(source=str(path), **settings))
+    message = str(e.value)
+    assert str(path) in message and asked in message and "text_documents: blank_lines" in message
+    assert "validation_fraction: 0" in message
+
+
+def test_a_validation_split_without_usable_text_names_the_corpus(tmp_path):
+    docs = ["x", " \n", "a longer document that could be validated on", "and another one"]
+    seed = next(s for s in range(100) if sorted(permutation(len(docs), s)[:2]) == [0, 1])
+    path = tmp_path / "short.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    with pytest.raises(DataError) as e:
+        load_splits(DataConfig(source=str(path), validation_count=2, seed=seed))
+    message = str(e.value)
+    assert str(path) in message and "no usable text" in message and "'x'" in message
+    assert "data.validation_count" in message and "validation_fraction: 0" in message
+    # One usable held-out document is enough.
+    other = next(s for s in range(100) if sorted(permutation(len(docs), s)[:2]) == [0, 2])
+    assert load_splits(DataConfig(source=str(path), validation_count=2, seed=other)).validation == (docs[0], docs[2])
