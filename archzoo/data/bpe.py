@@ -7,10 +7,12 @@ corpus loads the file instead of training, and any change of corpus or settings 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -92,23 +94,44 @@ def cached_bpe(documents: Sequence[str], vocab_size: int, *, min_frequency: int 
       cache_dir: folder of cached tokenizers (None = :func:`default_cache_dir`).
 
     Returns:
-      The tokenizer; its ``name`` is the cached file.
+      The tokenizer; its ``name`` is the cached file. A cache folder that cannot be read or
+      written is skipped with a warning naming it (the tokenizer is then trained, not saved).
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key = bpe_cache_key(documents, vocab_size, min_frequency)
     path = cache_dir / f"bpe-{vocab_size}-{key[:24]}.json"
-    if path.is_file():
+    try:
+        cached = path.is_file()
+    except OSError as e:  # a folder this user may not read
+        _warn_uncached(cache_dir, e)
+        cached = False
+    if cached:
         tok = open_tokenizer(path)
         if tok.special != SpecialTokens():  # .special itself raises, naming the file, for a foreign layout
             raise TokenizerError(f"cached tokenizer {path} has another reserved-token layout; delete it to retrain")
         return tok
     tok = train_bpe(documents, vocab_size, min_frequency=min_frequency)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
-    tok.save(partial)
-    os.replace(partial, path)  # atomic: processes sharing the cache never read half a file
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tok.save(partial)
+        os.replace(partial, path)  # atomic: processes sharing the cache never read half a file
+    except Exception as e:  # OSError from Python; tokenizers raises a bare Exception for the same
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        _warn_uncached(cache_dir, e)
+        return tok
     tok.name = str(path)
     return tok
+
+
+def _warn_uncached(cache_dir: Path, error: Exception) -> None:
+    """The run goes on with a freshly trained tokenizer; the next one trains it again."""
+    warnings.warn(
+        f"tokenizer cache {cache_dir} cannot be used ({error}); the BPE is trained without caching: "
+        "set data.tokenizer.cache_dir to a folder this user can write to keep it",
+        stacklevel=3,
+    )
 
 
 def _first_bytes(documents: Sequence[str], limit: int | None) -> list[str]:

@@ -40,7 +40,8 @@ class TokenizerConfig:
       train_bytes: train on the first training documents up to this many UTF-8 bytes
         (None = all of them); the training documents are already shuffled by the data seed.
       cache_dir: where trained tokenizers are kept, keyed by a hash of corpus and settings.
-        None = ``$XDG_CACHE_HOME/archzoo/tokenizers`` (``~/.cache/archzoo/tokenizers``).
+        None = ``$XDG_CACHE_HOME/archzoo/tokenizers`` (``~/.cache/archzoo/tokenizers``). A
+        folder that cannot be written is skipped with a warning: the BPE is trained every run.
     """
 
     path: str | None = None

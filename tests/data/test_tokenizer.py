@@ -222,3 +222,44 @@ def test_cached_bpe_default_dir_follows_xdg(tmp_path, monkeypatch, docs):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     tok = cached_bpe(docs[:2], 400)
     assert tok.name.startswith(str(tmp_path / "archzoo" / "tokenizers"))
+
+
+def _refuse_writes_under(monkeypatch, folder):
+    """What the OS tells a user without write permission on ``folder`` (root writes anyway)."""
+    import errno
+    import pathlib
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self.is_relative_to(folder) and not self.exists():
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("blocked", ["read_only", "under_a_file"])
+def test_an_unwritable_cache_trains_without_it_and_warns_naming_the_path(docs, tmp_path, monkeypatch, blocked):
+    import os
+
+    if blocked == "read_only":
+        folder = tmp_path / "readonly"
+        folder.mkdir()
+        folder.chmod(0o555)
+        if os.access(folder, os.W_OK):
+            _refuse_writes_under(monkeypatch, folder)
+        cache = folder / "tokenizers"
+    else:
+        (tmp_path / "plain_file").write_text("not a folder")
+        cache = tmp_path / "plain_file" / "tokenizers"
+    with pytest.warns(UserWarning) as caught:
+        tok = build_tokenizer(TokenizerConfig(vocab_size=400, cache_dir=str(cache)), docs[:2])
+    (warning,) = caught
+    message = str(warning.message)
+    assert str(cache) in message and "data.tokenizer.cache_dir" in message and "\n" not in message
+    assert tok.special == SPECIAL
+    reference = train_bpe(docs[:2], 400)
+    assert tok.encode_batch(docs[2:4]) == reference.encode_batch(docs[2:4])
+    if blocked == "read_only":
+        folder.chmod(0o755)
