@@ -18,10 +18,12 @@ import numpy as np
 from archzoo.config import ConfigError
 from archzoo.convert.common import (
     ACTIVATION_TO_HF,
+    ENCODER_DECODER_EMBEDDINGS,
     HF_ACTIVATIONS,
-    hf_tensor,
+    TIED,
+    TensorReader,
     read_pairs,
-    shared_embedding,
+    shared_table,
     unsupported_fields,
     write_pairs,
 )
@@ -37,6 +39,12 @@ from archzoo.models.config import (
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
 
 _OFFSET = 2
+# Untied, transformers gives each stack its own embedding table (and keeps model.shared unused).
+_ONE_TABLE = (
+    "archzoo's encoder-decoder has one token embedding for both stacks, so BART with "
+    "tie_word_embeddings=false converts only when model.shared, model.encoder.embed_tokens and "
+    "model.decoder.embed_tokens hold the same table"
+)
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -176,18 +184,21 @@ def weights_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[st
       archzoo path -> array (``embed/table [V, D]``, ``final_logits_bias [V]``, ...).
 
     Raises:
-      ValueError: naming a missing tensor.
+      ValueError: naming a missing tensor, or one archzoo would not use.
     """
-    tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
-
-    table = shared_embedding(tensors, "BART")
+    r = TensorReader(tensors, "bart", ("model.", ""), ENCODER_DECODER_EMBEDDINGS)
+    tie = cfg.embedding.tie
+    table = shared_table(r, TIED if tie else _ONE_TABLE, head=tie)
     params = {"embed/table": table}
-    if not cfg.embedding.tie:
-        params["head/kernel"] = hf_tensor(tensors, "lm_head.weight", "BART").T
+    if not tie:
+        params["head/kernel"] = r.take("lm_head.weight", top=True).T
     if cfg.embedding.final_logits_bias:
-        bias = tensors.get("final_logits_bias")
-        params["final_logits_bias"] = np.zeros((cfg.vocab_size,), np.float32) if bias is None else bias.reshape(-1)
-    return params | read_pairs(tensors, _pairs(cfg), cfg.head_dim, "BART")
+        has_bias = r.has("final_logits_bias", top=True)
+        bias = r.take("final_logits_bias", top=True) if has_bias else np.zeros((cfg.vocab_size,), np.float32)
+        params["final_logits_bias"] = bias.reshape(-1)
+    params |= read_pairs(r, _pairs(cfg), cfg.head_dim)
+    r.finish()
+    return params
 
 
 def weights_to_hf(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:

@@ -34,8 +34,9 @@ __all__ = [
     "finish_config",
     "unsupported_fields",
     "refuse",
-    "hf_tensor",
-    "shared_embedding",
+    "TIED",
+    "ENCODER_DECODER_EMBEDDINGS",
+    "shared_table",
     "read_pairs",
     "write_pairs",
 ]
@@ -53,6 +54,12 @@ HF_ACTIVATIONS = {
 _ACTIVATIONS = HF_ACTIVATIONS | {"gelu_fast": "gelu_tanh"}
 # MlpConfig.activation -> the name GPT-2, OPT, BART and T5 write (Llama writes gelu_pytorch_tanh).
 ACTIVATION_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+
+# An encoder-decoder's token embedding and the names of its stacks' copies of it.
+ENCODER_DECODER_EMBEDDINGS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+# Why a tied copy must equal its original (TensorReader.take_tied).
+TIED = "transformers ties them, so archzoo keeps one table and would drop the other"
 
 
 def refuse(model_type: str, key: str, value, why: str) -> ValueError:
@@ -74,32 +81,56 @@ class TensorReader:
       tensors: name -> array, as read from the safetensors files.
       model_type: for error messages.
       prefixes: base-model prefixes a checkpoint may use (``"transformer."``, ``""``); the first
-        under which ``anchor`` exists is used for every :meth:`take`.
-      anchor: a tensor name every checkpoint of the format has (the token embedding).
+        under which an ``anchor`` exists is used for every :meth:`take`.
+      anchor: a tensor name every checkpoint of the format has (the token embedding), or several
+        names of which every checkpoint has one.
     """
 
-    def __init__(self, tensors: dict[str, np.ndarray], model_type: str, prefixes: tuple[str, ...], anchor: str):
+    def __init__(
+        self, tensors: dict[str, np.ndarray], model_type: str, prefixes: tuple[str, ...], anchor: str | tuple[str, ...]
+    ):
         self.tensors = tensors
         self.model_type = model_type
         self.taken: set[str] = set()
-        found = [p for p in prefixes if p + anchor in tensors]
+        anchors = (anchor,) if isinstance(anchor, str) else anchor
+        found = [(p, a) for p in prefixes for a in anchors if p + a in tensors]
         if not found:
             raise ValueError(
                 f"model_type {model_type!r}: the checkpoint has no token embedding "
-                f"{' or '.join(repr(p + anchor) for p in prefixes)}; it has {sorted(tensors)[:8]}"
+                f"{' or '.join(repr(p + a) for p in prefixes for a in anchors)}; it has {sorted(tensors)[:8]}"
             )
-        self.prefix = found[0]
+        self.prefix, anchor = found[0]
+        self.anchor = self.prefix + anchor
+
+    def key(self, name: str, *, top: bool = False) -> str:
+        """The checkpoint's name of ``name``: under the prefix, or ``name`` itself when ``top``."""
+        return name if top else self.prefix + name
 
     def has(self, name: str, *, top: bool = False) -> bool:
-        return (name if top else self.prefix + name) in self.tensors
+        return self.key(name, top=top) in self.tensors
 
     def take(self, name: str, *, top: bool = False) -> np.ndarray:
         """The tensor ``prefix + name`` (``name`` itself when ``top``), marked as used."""
-        key = name if top else self.prefix + name
+        key = self.key(name, top=top)
         if key not in self.tensors:
             raise ValueError(f"model_type {self.model_type!r}: the checkpoint lacks tensor {key!r}")
         self.taken.add(key)
         return self.tensors[key]
+
+    def take_tied(self, keys: list[str], why: str) -> np.ndarray:
+        """The first of ``keys`` (full names) the checkpoint has; the others it has are taken as
+        copies of it.
+
+        Raises:
+          ValueError: naming both tensors when a copy holds other values (archzoo would drop
+            it), with ``why`` they must be one; naming ``keys[0]`` when none is there.
+        """
+        present = [k for k in keys if k in self.tensors] or keys[:1]
+        first = self.take(present[0], top=True)
+        for key in present[1:]:
+            if not np.array_equal(self.take(key, top=True), first):
+                raise ValueError(f"model_type {self.model_type!r}: tensor {key!r} differs from {present[0]!r}; {why}")
+        return first
 
     def finish(self, ignore: tuple[str, ...] = ()) -> None:
         """Raises ValueError when a tensor was not taken and matches none of the ``ignore``
@@ -193,8 +224,12 @@ def fused_qkv_to_hf(p: dict[str, np.ndarray], az: str, hf: str, weight_axes: str
 
 def head_from_hf(r: TensorReader, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """``head/kernel [D, V]`` from the top-level ``lm_head.weight [V, D]`` when the head is
-    untied; nothing when it is tied to the embedding."""
-    return {} if cfg.embedding.tie else {"head/kernel": r.take("lm_head.weight", top=True).T}
+    untied; nothing when it is tied to the embedding (an ``lm_head.weight`` there must be a copy
+    of the embedding)."""
+    if cfg.embedding.tie:
+        r.take_tied([r.anchor, "lm_head.weight"], TIED)
+        return {}
+    return {"head/kernel": r.take("lm_head.weight", top=True).T}
 
 
 def head_to_hf(p: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
@@ -273,18 +308,16 @@ def unsupported_fields(cfg: ModelConfig, required: dict, format_name: str) -> li
     return wrong
 
 
-def hf_tensor(tensors: dict[str, np.ndarray], name: str, format_name: str) -> np.ndarray:
-    """``tensors[name]``; ValueError naming the tensor when the checkpoint lacks it."""
-    if name not in tensors:
-        raise ValueError(f"{format_name} checkpoint has no tensor {name!r}")
-    return tensors[name]
+def shared_table(r: TensorReader, why: str, *, head: bool) -> np.ndarray:
+    """An encoder-decoder's one token embedding ``[V, D]``.
 
-
-def shared_embedding(tensors: dict[str, np.ndarray], format_name: str) -> np.ndarray:
-    """The token embedding ``[V, D]`` an encoder-decoder shares between its stacks and head."""
-    # The embedding is shared; a checkpoint may keep it under any of its tied names.
-    names = [n for n in ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if n in tensors]
-    return hf_tensor(tensors, names[0] if names else "shared.weight", format_name)
+    Args:
+      r: the checkpoint.
+      why: the reason ``shared.weight`` and the stacks' ``embed_tokens`` must hold one table.
+      head: the output head is tied to it, so a top-level ``lm_head.weight`` must hold it too.
+    """
+    names = [r.key(name) for name in ENCODER_DECODER_EMBEDDINGS]
+    return r.take_tied(names + (["lm_head.weight"] if head else []), why)
 
 
 # How a weight table's kind maps a Hugging Face array to archzoo's.
@@ -312,23 +345,20 @@ def _layout_to_hf(kind: str, w: np.ndarray) -> np.ndarray:
     return w
 
 
-def read_pairs(
-    tensors: dict[str, np.ndarray], pairs: list[tuple[str, str, str]], head_dim: int, format_name: str
-) -> dict[str, np.ndarray]:
+def read_pairs(r: TensorReader, pairs: list[tuple[str, str, str]], head_dim: int) -> dict[str, np.ndarray]:
     """archzoo parameters from a weight table.
 
     Args:
-      tensors: Hugging Face name -> array.
-      pairs: (Hugging Face name, archzoo path, kind), kind one of ``copy``, ``linear``
-        (``[out, in]``), ``heads_in`` (``[H*Dh, D]``), ``heads_out`` (``[D, H*Dh]``), ``heads_bias``
-        (``[H*Dh]``).
+      r: the checkpoint.
+      pairs: (Hugging Face name under the reader's prefix, archzoo path, kind), kind one of
+        ``copy``, ``linear`` (``[out, in]``), ``heads_in`` (``[H*Dh, D]``), ``heads_out``
+        (``[D, H*Dh]``), ``heads_bias`` (``[H*Dh]``).
       head_dim: Dh.
-      format_name: for the message naming a missing tensor.
 
     Returns:
       archzoo path -> array, in ``pairs``' order.
     """
-    return {az: _layout_from_hf(kind, hf_tensor(tensors, hf, format_name), head_dim) for hf, az, kind in pairs}
+    return {az: _layout_from_hf(kind, r.take(hf), head_dim) for hf, az, kind in pairs}
 
 
 def write_pairs(params: dict[str, np.ndarray], pairs: list[tuple[str, str, str]], prefix: str = "") -> dict[str, np.ndarray]:

@@ -116,7 +116,7 @@ def weights_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[st
     out["stack/final_norm/scale"] = r.take("ln_f.weight")
     out["stack/final_norm/bias"] = r.take("ln_f.bias")
     out |= head_from_hf(r, cfg)
-    r.finish(ignore=(r"attn\.bias$", r"attn\.masked_bias$", r"^lm_head\.weight$"))
+    r.finish(ignore=(r"attn\.bias$", r"attn\.masked_bias$"))
     return out
 
 

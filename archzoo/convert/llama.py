@@ -187,7 +187,7 @@ def weights_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[st
         out[az + "mlp_norm/scale"] = r.take(hf + "post_attention_layernorm.weight")
     out["stack/final_norm/scale"] = r.take("norm.weight")
     out |= head_from_hf(r, cfg)
-    r.finish(ignore=(r"rotary_emb\.inv_freq$", r"^lm_head\.weight$"))
+    r.finish(ignore=(r"rotary_emb\.inv_freq$",))
     return out
 
 

@@ -134,7 +134,7 @@ def weights_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[st
         out["stack/final_norm/scale"] = r.take("final_layer_norm.weight")
         out["stack/final_norm/bias"] = r.take("final_layer_norm.bias")
     out |= head_from_hf(r, cfg)
-    r.finish(ignore=(r"^lm_head\.weight$",))
+    r.finish()
     return out
 
 

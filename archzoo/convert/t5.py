@@ -17,9 +17,12 @@ import numpy as np
 from archzoo.config import ConfigError
 from archzoo.convert.common import (
     ACTIVATION_TO_HF,
+    ENCODER_DECODER_EMBEDDINGS,
     HF_ACTIVATIONS,
+    TIED,
+    TensorReader,
     read_pairs,
-    shared_embedding,
+    shared_table,
     unsupported_fields,
     write_pairs,
 )
@@ -185,20 +188,19 @@ def weights_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[st
       archzoo path -> array (``embed/table [V, D]``, ``encoder/blocks/0/attn/q [D, H, Dh]``, ...).
 
     Raises:
-      ValueError: naming a missing tensor, or a head that differs from the embedding it should
-        be tied to.
+      ValueError: naming a missing tensor, one archzoo would not use, or a head that differs from
+        the embedding it should be tied to.
     """
-    table = shared_embedding(tensors, "T5")
+    r = TensorReader(tensors, "t5", ("",), ENCODER_DECODER_EMBEDDINGS)
+    # archzoo cannot scale an untied head, so a tied config's lm_head must be the embedding.
+    table = shared_table(r, TIED, head=cfg.embedding.tie)
     params = {"embed/table": table}
-    if cfg.embedding.tie:
-        if "lm_head.weight" in tensors and not np.array_equal(tensors["lm_head.weight"], table):
-            raise ValueError(
-                "T5 checkpoint: lm_head.weight differs from shared.weight, but the config ties them "
-                "(scale_decoder_outputs / tie_word_embeddings); archzoo cannot scale an untied head"
-            )
-    else:
-        params["head/kernel"] = tensors.get("lm_head.weight", table).T
-    return params | read_pairs(tensors, _pairs(cfg), cfg.head_dim, "T5")
+    if not cfg.embedding.tie:
+        # transformers 5 ties T5's head even when untied, and then saves no lm_head.
+        params["head/kernel"] = (r.take("lm_head.weight") if r.has("lm_head.weight") else table).T
+    params |= read_pairs(r, _pairs(cfg), cfg.head_dim)
+    r.finish()
+    return params
 
 
 def weights_to_hf(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:

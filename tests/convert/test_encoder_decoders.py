@@ -26,13 +26,13 @@ TOL = 1e-4
 ENC_LENGTHS, DEC_LENGTHS = (12, 7), (6, 10)
 
 
-def t5_v10():
+def t5_v10(**overrides):
     """T5 v1.0: ReLU MLP, head tied to the embedding with d_model^-0.5 rescaling; few buckets
-    so that short rows reach the logarithmic ones."""
+    so that short rows reach the logarithmic ones. ``overrides`` are more T5Config fields."""
     cfg = transformers.T5Config(
         vocab_size=V, d_model=D, d_kv=D // H, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=H,
         relative_attention_num_buckets=8, relative_attention_max_distance=16,
-        feed_forward_proj="relu", dropout_rate=0.0,
+        feed_forward_proj="relu", dropout_rate=0.0, **overrides,
     )
     model = transformers.T5ForConditionalGeneration(cfg)
     assert model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr() and model.config.scale_decoder_outputs
@@ -53,12 +53,12 @@ def t5_v11():
     return model
 
 
-def bart():
-    """BART with scaled embeddings, 2+2 layers."""
+def bart(**overrides):
+    """BART with scaled embeddings, 2+2 layers. ``overrides`` are more BartConfig fields."""
     cfg = transformers.BartConfig(
         vocab_size=V, d_model=D, max_position_embeddings=32, encoder_layers=2, decoder_layers=2,
         encoder_ffn_dim=128, decoder_ffn_dim=128, encoder_attention_heads=H, decoder_attention_heads=H,
-        scale_embedding=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        scale_embedding=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, **overrides,
     )
     model = transformers.BartForConditionalGeneration(cfg)
     with torch.no_grad():
