@@ -9,6 +9,12 @@ Hugging Face layout: ``model.shared``, ``model.{encoder,decoder}.embed_positions
 ``encoder_attn`` and ``encoder_attn_layer_norm`` (decoder only), ``fc1``, ``fc2``,
 ``final_layer_norm`` (the norm after the MLP of each layer), then ``lm_head`` and
 ``final_logits_bias [1, V]``.
+
+With ``tie_word_embeddings: false`` transformers 5 gives the head its own weights and each stack
+its own table (``model.encoder.embed_tokens``, ``model.decoder.embed_tokens``), leaving
+``model.shared`` unused. archzoo keeps one table for both stacks, so such a checkpoint converts
+when the three tables are equal (checkpoints written before transformers 5 keep only
+``model.shared``) and is refused, naming the tensors, when they differ.
 """
 
 from __future__ import annotations
@@ -210,11 +216,13 @@ def weights_to_hf(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, 
 
     Returns:
       Hugging Face name -> array; ``final_logits_bias`` is ``[1, V]`` (zeros when the config
-      has none).
+      has none). An untied head comes with the embedding under each stack's name as well, since
+      transformers then reads a table per stack.
     """
     _check(cfg)
     tensors = {"model.shared.weight": params["embed/table"]}
     if not cfg.embedding.tie:
+        tensors |= {f"model.{name}": params["embed/table"] for name in ENCODER_DECODER_EMBEDDINGS}
         tensors["lm_head.weight"] = params["head/kernel"].T
     bias = params.get("final_logits_bias", np.zeros((cfg.vocab_size,), np.float32))
     tensors["final_logits_bias"] = np.asarray(bias).reshape(1, -1)

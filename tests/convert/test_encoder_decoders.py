@@ -221,3 +221,41 @@ def test_t5_tied_head_without_rescale_is_written_as_an_untied_copy(tmp_path):
     assert not hf.config.scale_decoder_outputs
     data = batch(seed=3)
     assert max_error(archzoo_logits(model, *data), torch_logits(hf, *data), data[3]) <= TOL
+
+
+def untied_bart(one_table: bool):
+    """BART with tie_word_embeddings=false: transformers then gives the encoder, the decoder and
+    ``model.shared`` their own tables and the head its own weights. With ``one_table`` the three
+    tables are set to one (as in checkpoints written before transformers 5 untied them)."""
+    torch.manual_seed(0)
+    model = bart(tie_word_embeddings=False).eval()
+    randomise_vectors(model)
+    tables = [model.model.shared, model.model.encoder.embed_tokens, model.model.decoder.embed_tokens]
+    assert len({t.weight.data_ptr() for t in tables + [model.lm_head]}) == 4
+    if one_table:
+        with torch.no_grad():
+            for t in tables[1:]:
+                t.weight.copy_(tables[0].weight)
+    return model
+
+
+def test_untied_bart_with_a_table_per_stack_is_refused_by_name(tmp_path):
+    """archzoo's encoder-decoder has one embedding; separate encoder and decoder tables would
+    silently lose one of them."""
+    untied_bart(one_table=False).save_pretrained(tmp_path, safe_serialization=True)
+    with pytest.raises(ValueError, match=r"'model\.encoder\.embed_tokens\.weight' differs.*tie_word_embeddings=false"):
+        load_hf(tmp_path)
+
+
+def test_untied_bart_with_one_table_converts_both_ways(tmp_path):
+    """The untied head is read, and the write-back gives transformers every table it reads."""
+    hf = untied_bart(one_table=True)
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    data = batch(seed=4)
+    expected = torch_logits(hf, *data)
+    model = load_hf(tmp_path / "hf")
+    assert not model.config.embedding.tie
+    assert max_error(archzoo_logits(model, *data), expected, data[3]) <= TOL
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(save_hf(model, tmp_path / "saved")).eval()
+    assert not again.config.tie_word_embeddings
+    assert max_error(torch_logits(again, *data), expected, data[3]) <= TOL
