@@ -3,7 +3,7 @@
 pipeline (DESIGN.md §6)."""
 
 from archzoo.features.packing import FEATURE_CONVERTERS, STREAMS, LOSS_STREAM, Packer, feature_converter, pack_examples
-from archzoo.features.pipeline import Pipeline, auto_chunk_len, chunk_documents, validation_batches
+from archzoo.features.pipeline import Chunks, Pipeline, auto_chunk_len, check_row_lengths, chunk_documents, validation_batches
 
 __all__ = [
     "FEATURE_CONVERTERS",
@@ -12,8 +12,10 @@ __all__ = [
     "Packer",
     "feature_converter",
     "pack_examples",
+    "Chunks",
     "Pipeline",
     "auto_chunk_len",
+    "check_row_lengths",
     "chunk_documents",
     "validation_batches",
 ]

@@ -1,8 +1,8 @@
 """Pretraining objectives behind one interface (DESIGN.md §1).
 
-Every objective is a plain function ``objective(tokens, rng, cfg, special) -> Example`` that
-turns one tokenized document chunk (int ``[L]``, no special tokens) into an architecture-agnostic
-:class:`Example`, deterministically from the numpy Generator it is given:
+Every objective is a plain function ``objective(tokens, rng, cfg, special, *, ends_document)
+-> Example`` that turns one tokenized document chunk (int ``[L]``, no special tokens) into an
+architecture-agnostic :class:`Example`, deterministically from the numpy Generator it is given:
 
 ==================  ==============================  ======================================
 objective           inputs                          targets
@@ -14,13 +14,15 @@ ul2                 [R]/[X]/[S] + the denoiser's    the denoiser's, eos
 mlm                 text, 80/10/10-corrupted        originals at target_positions (no eos)
 ==================  ==============================  ======================================
 
-eos ends the targets when the config's ``append_eos`` is True (the default); inputs never carry
-eos. ``reconstruct(example, special)`` returns the text for every objective.
+eos ends the targets when the config's ``append_eos`` is True (the default) and the chunk ends
+its document (``ends_document``, True unless the pipeline says the chunk was cut from inside a
+document); inputs never carry eos. ``reconstruct(example, special)`` returns the text for every
+objective.
 
 Usage::
 
     objective = build_objective(SpanCorruptionConfig(noise_density=0.15), SpecialTokens())
-    example = objective(tokens, example_rng(seed, epoch, index))
+    example = objective(tokens, example_rng(seed, epoch, index), ends_document=True)
 
 A run config names its objective through :class:`ObjectiveConfig`::
 
@@ -79,7 +81,8 @@ __all__ = [
     "build_objective",
 ]
 
-Objective = Callable[[np.ndarray, np.random.Generator], Example]
+# Called as objective(tokens, rng, ends_document=...).
+Objective = Callable[..., Example]
 
 # Name -> (config class, function). A config class's ``name`` is its key here.
 OBJECTIVES: dict[str, tuple[type, Callable[..., Example]]] = {
@@ -126,7 +129,8 @@ def build_objective(cfg, special: SpecialTokens = SpecialTokens()) -> Objective:
       special: the reserved ids of the tokenizer.
 
     Returns:
-      A picklable callable taking int ``[L]`` tokens and a numpy Generator.
+      A picklable callable taking int ``[L]`` tokens, a numpy Generator and the keyword
+      ``ends_document``.
 
     Raises:
       ConfigError: for an MLM config without a valid vocab_size.

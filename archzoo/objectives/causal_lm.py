@@ -23,9 +23,8 @@ class CausalLmConfig:
     """Settings of causal language modelling.
 
     Attributes:
-      append_eos: end the targets with eos. Right when a chunk ends its document (the model
-        learns where documents stop); set False when chunks are cut from the middle of longer
-        documents.
+      append_eos: end the targets of a document's last chunk with eos, so the model learns
+        where documents stop (a chunk cut from the middle of a document never gets one).
     """
 
     name: ClassVar[str] = "causal_lm"
@@ -38,6 +37,8 @@ def causal_lm(
     rng: np.random.Generator | None = None,
     cfg: CausalLmConfig = CausalLmConfig(),
     special: SpecialTokens = SpecialTokens(),
+    *,
+    ends_document: bool = True,
 ) -> Example:
     """Makes a causal-LM example: no inputs, the text as targets.
 
@@ -46,10 +47,11 @@ def causal_lm(
       rng: unused (nothing is random); accepted so every objective is called the same way.
       cfg: settings.
       special: the reserved ids.
+      ends_document: whether the chunk ends its document; eos is appended only then.
 
     Returns:
       Example(inputs=``[0]``, targets=``[L]`` text, ``[L + 1]`` with eos appended).
     """
     text = np.asarray(tokens, dtype=np.int32).reshape(-1)
-    targets = np.append(text, np.int32(special.eos)) if cfg.append_eos else text
+    targets = np.append(text, np.int32(special.eos)) if cfg.append_eos and ends_document else text
     return Example(inputs=np.zeros(0, np.int32), targets=targets)

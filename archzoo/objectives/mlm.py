@@ -83,6 +83,8 @@ def mlm(
     rng: np.random.Generator,
     cfg: MlmConfig,
     special: SpecialTokens = SpecialTokens(),
+    *,
+    ends_document: bool = True,
 ) -> Example:
     """Makes an MLM example (BERT's 80/10/10 corruption, dynamic masking).
 
@@ -92,6 +94,7 @@ def mlm(
         each epoch.
       cfg: mask_rate, replace_with_mask, replace_with_random, vocab_size (must be set).
       special: the reserved ids.
+      ends_document: accepted so every objective is called the same way; MLM adds no eos.
 
     Returns:
       Example(inputs=``[L]`` corrupted text, targets=``[K]`` original tokens at the chosen

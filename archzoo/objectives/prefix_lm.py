@@ -67,6 +67,8 @@ def prefix_lm(
     rng: np.random.Generator,
     cfg: PrefixLmConfig = PrefixLmConfig(),
     special: SpecialTokens = SpecialTokens(),
+    *,
+    ends_document: bool = True,
 ) -> Example:
     """Makes a prefix-LM example: inputs = text[:cut], targets = text[cut:].
 
@@ -75,14 +77,16 @@ def prefix_lm(
       rng: the example's generator (see example_rng).
       cfg: settings.
       special: the reserved ids.
+      ends_document: whether the chunk ends its document; eos is appended only then.
 
     Returns:
-      Example(inputs=``[cut]``, targets=``[L - cut]``, plus eos when cfg.append_eos).
+      Example(inputs=``[cut]``, targets=``[L - cut]``, plus eos when cfg.append_eos and the
+      chunk ends its document).
       ``inputs ++ targets`` is the text (then eos).
     """
     text = np.asarray(tokens, dtype=np.int32).reshape(-1)
     cut = prefix_split(text.size, cfg.min_input_length, cfg.min_target_length, rng)
     targets = text[cut:]
-    if cfg.append_eos:
+    if cfg.append_eos and ends_document:
         targets = np.append(targets, np.int32(special.eos))
     return Example(inputs=text[:cut], targets=targets)

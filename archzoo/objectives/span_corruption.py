@@ -180,6 +180,8 @@ def span_corruption(
     rng: np.random.Generator,
     cfg: SpanCorruptionConfig = SpanCorruptionConfig(),
     special: SpecialTokens = SpecialTokens(),
+    *,
+    ends_document: bool = True,
 ) -> Example:
     """Makes a span-corruption example (T5).
 
@@ -188,14 +190,16 @@ def span_corruption(
       rng: the example's generator (see example_rng).
       cfg: noise_density, mean_span_length, append_eos.
       special: the reserved ids.
+      ends_document: whether the chunk ends its document; eos is appended only then.
 
     Returns:
       Example(inputs=``[L - num_noise + num_spans]``, targets=``[num_noise + num_spans]`` plus
-      eos when cfg.append_eos). ``reconstruct(example, special)`` gives the text back.
+      eos when cfg.append_eos and the chunk ends its document). ``reconstruct(example, special)``
+      gives the text back.
     """
     text = np.asarray(tokens, dtype=np.int32).reshape(-1)
     mask = noise_span_mask(text.size, cfg.noise_density, cfg.mean_span_length, rng, special.num_sentinels)
     example = corrupt_spans(text, mask, special)
-    if not cfg.append_eos:
+    if not (cfg.append_eos and ends_document):
         return example
     return Example(inputs=example.inputs, targets=np.append(example.targets, np.int32(special.eos)))

@@ -124,6 +124,8 @@ def ul2(
     rng: np.random.Generator,
     cfg: Ul2Config = Ul2Config(),
     special: SpecialTokens = SpecialTokens(),
+    *,
+    ends_document: bool = True,
 ) -> Example:
     """Makes a UL2 example: a denoiser drawn from the mixture, its mode token before the inputs.
 
@@ -132,11 +134,12 @@ def ul2(
       rng: the example's generator (see example_rng).
       cfg: the mixture.
       special: the reserved ids.
+      ends_document: whether the chunk ends its document; eos is appended only then.
 
     Returns:
       R/X: Example(inputs=``[mode] ++ span-corrupted text``, targets=``<0> span_0 ...``).
       S: Example(inputs=``[mode_s] ++ text[:cut]``, targets=``text[cut:]``).
-      Targets end with eos when cfg.append_eos.
+      Targets end with eos when cfg.append_eos and the chunk ends its document.
     """
     text = np.asarray(tokens, dtype=np.int32).reshape(-1)
     denoiser = cfg.denoisers[choose_denoiser(cfg, rng)]
@@ -148,6 +151,6 @@ def ul2(
         corrupted = corrupt_spans(text, mask, special)
         inputs, targets = corrupted.inputs, corrupted.targets
     inputs = np.concatenate([[mode_token(denoiser.mode, special)], inputs]).astype(np.int32)
-    if cfg.append_eos:
+    if cfg.append_eos and ends_document:
         targets = np.append(targets, np.int32(special.eos))
     return Example(inputs=inputs, targets=targets)

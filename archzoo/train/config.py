@@ -14,6 +14,7 @@ from typing import Literal
 
 from archzoo.config import ConfigError, _Located, apply_overrides, from_dict, invalid, load_yaml
 from archzoo.data.config import DataConfig
+from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig
 from archzoo.objectives import ObjectiveConfig
 from archzoo.train.optimizer import OptimizerConfig
@@ -116,6 +117,7 @@ class RunConfig:
             raise invalid("objective.name", f"mlm trains the encoder family, not model.family={self.model.family!r}")
         if self.model.family == "encoder" and self.objective.name != "mlm":
             raise invalid("model.family", f"the encoder family trains with objective mlm, not {self.objective.name!r}")
+        check_row_lengths(self.objective.name, self.model.family, self.train)
 
     @property
     def run_dir(self) -> Path:

@@ -118,18 +118,19 @@ def test_encoder_decoder_example_with_empty_targets_packs_to_nothing_on_the_deco
 
 
 def test_validation_scores_the_same_examples_for_every_family():
-    from archzoo.features.pipeline import validation_batches
+    from archzoo.features.pipeline import chunk_documents, validation_batches
 
-    chunks = [np.arange(10, 10 + n, dtype=np.int32) for n in (5, 9, 7, 12, 6, 8, 11)]
+    docs = [np.arange(10, 10 + n, dtype=np.int32) for n in (5, 9, 7, 12, 6, 8, 11)]
+    chunks = chunk_documents(docs, 16)  # one chunk per document
 
-    def split(tokens, rng):
+    def split(tokens, rng, ends_document=True):
         return Example(tokens[: len(tokens) // 2], tokens[len(tokens) // 2 :])
 
     def targets(family):
         batches = validation_batches(chunks, split, family, LENGTHS, 2, START, 0, limit=5)
         return Counter(int(t) for b in batches for t, w in zip(b["decoder_targets"].ravel(), b["decoder_weights"].ravel()) if w > 0)
 
-    assert targets("decoder") == targets("encoder_decoder") == Counter(int(t) for c in chunks[:5] for t in c[len(c) // 2 :])
+    assert targets("decoder") == targets("encoder_decoder") == Counter(int(t) for c in docs[:5] for t in c[len(c) // 2 :])
 
 
 @pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
