@@ -319,5 +319,6 @@ def read_documents(source: str | Path, format: str = "auto", field: str = "text"
         else:
             raise DataError(f"unknown format {format!r} for {source}; valid: auto, text, jsonl, parquet, hf_disk")
     if not any(d.strip() for d in documents):
-        raise DataError(f"empty corpus: {source} holds no text ({len(documents)} documents, all empty or whitespace)")
+        count = f"{len(documents)} document" + ("" if len(documents) == 1 else "s")
+        raise DataError(f"empty corpus: {source} holds no text ({count}, all empty or whitespace)")
     return documents
