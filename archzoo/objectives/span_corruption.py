@@ -18,8 +18,9 @@ Rounding is half to even, as in T5. Example layout (sentinel ``<i>``, eos ``</s>
     inputs   Thank you <0> me to your party <1> week
     targets  <0> for inviting <1> last </s>
 
-The targets carry no final sentinel: the eos ends them (T5's Figure 2 draws a final ``<Z>``
-that plays the same part). The inputs carry no eos; a feature converter that wants one adds it.
+The targets carry no final sentinel: on a document's last chunk the eos ends them (T5's
+Figure 2 draws a final ``<Z>`` that plays the same part); a chunk cut from inside a document
+ends with its last span. The inputs carry no eos; a feature converter that wants one adds it.
 When a text would need more spans than there are sentinels, the number of spans is capped at
 the number of sentinels, so spans grow longer than ``mean_span_length`` on such texts (with
 density 0.15 and mean span 3 that happens above about 2000 tokens).
