@@ -113,23 +113,34 @@ def facts(
       TokenFacts with int32 segment ids and positions and a bool prefix flag.
 
     Raises:
-      ValueError: naming the argument whose shape differs from the others.
+      ValueError: naming the argument whose shape differs from the others, that is ragged or
+        not numeric, or (when concrete) holds ids that int32 would change: fractions, or
+        values past int32.
     """
-    given = {k: v for k, v in dict(segment_ids=segment_ids, positions=positions, is_input=is_input).items() if v is not None}
+    given = {
+        name: _host_array(value, name)
+        for name, value in dict(segment_ids=segment_ids, positions=positions, is_input=is_input).items()
+        if value is not None
+    }
     shapes = {k: tuple(np.shape(v)) for k, v in given.items()}
     if shape is None:
         if not given:
             raise ValueError("facts(): give segment_ids, positions, is_input or shape=(B, L)")
         shape = next(iter(shapes.values()))
+    if not isinstance(shape, (tuple, list)):
+        raise ValueError(f"facts(): shape must be (batch, length); got shape={shape!r}")
     shape = tuple(shape)
     if len(shape) != 2:
         raise ValueError(f"facts(): per-token facts must be [batch, length]; got shape {shape}")
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise ValueError(f"facts(): shape must be (batch, length) of ints >= 0; got shape={shape}")
     for name, s in shapes.items():
         if s != shape:
             detail = ", ".join(f"{k} {v}" for k, v in shapes.items())
             raise ValueError(f"facts(): {name} has shape {s} but the facts must share one shape [batch, length]; got {detail}")
-    seg = jnp.ones(shape, jnp.int32) if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
-    pos = _segment_positions(seg) if positions is None else jnp.asarray(positions, jnp.int32)
+    segment_ids, positions, is_input = (given.get(k) for k in ("segment_ids", "positions", "is_input"))
+    seg = jnp.ones(shape, jnp.int32) if segment_ids is None else _int32_fact(segment_ids, "segment_ids")
+    pos = _segment_positions(seg) if positions is None else _int32_fact(positions, "positions")
     inp = jnp.zeros(shape, bool) if is_input is None else jnp.asarray(is_input, bool)
     # Default facts (one example per row, counting up) are in order by construction.
     in_order = True if segment_ids is None and positions is None else _in_order(seg, pos)
@@ -138,6 +149,43 @@ def facts(
     elif ordered and in_order is False:
         raise ValueError("facts(): ordered=True, but positions do not increase along the row inside every segment")
     return TokenFacts(seg, pos, inp, bool(ordered))
+
+
+def _host_array(value, name: str):
+    """A concrete fact as a numpy array, checked for what a cast would refuse or garble; traced
+    arrays pass through (their values are unknown until run)."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"facts(): {name} is ragged (its rows have different lengths); pad it to one [batch, length] array") from None
+    if arr.dtype != bool and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"facts(): {name} must be an array of integers or bools; got dtype {arr.dtype}")
+    return arr
+
+
+def _int32_fact(value, name: str) -> jax.Array:
+    """``value`` as int32, refusing concrete values that the cast would change: fractions
+    (1.5 -> 1) and ints past int32 (2**40 -> 0, which would read as padding)."""
+    if isinstance(value, jax.core.Tracer):
+        return jnp.asarray(value, jnp.int32)
+    int32 = np.iinfo(np.int32)
+    if np.issubdtype(value.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(~(value == np.round(value)))
+        if bad.size:
+            where = np.unravel_index(bad[0], value.shape)
+            raise ValueError(f"facts(): {name} must be integers; got {value[where]} at {tuple(int(i) for i in where)}")
+    if value.dtype != bool:
+        bad = np.flatnonzero((value < int32.min) | (value > int32.max))
+        if bad.size:
+            where = np.unravel_index(bad[0], value.shape)
+            raise ValueError(
+                f"facts(): {name} {value[where]:.0f} at {tuple(int(i) for i in where)} is outside int32 "
+                f"[{int32.min}, {int32.max}]"
+            )
+    return jnp.asarray(value.astype(np.int32))
 
 
 def _in_order(segment_ids, positions) -> bool | None:

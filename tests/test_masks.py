@@ -509,6 +509,42 @@ def test_facts_must_be_batch_by_length():
         masks.facts()
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        # a cast to int32 would truncate 1.5 to 1 and wrap 2**40 to 0 (padding)
+        (dict(segment_ids=np.array([[1, 1.5, 2]])), r"segment_ids.*integer.*1\.5 at \(0, 1\)"),
+        (dict(segment_ids=np.array([[1, 2**40]])), r"segment_ids.*1099511627776 at \(0, 1\).*int32"),
+        (dict(segment_ids=np.array([[1, -(2**33)]])), r"segment_ids.*-8589934592 at \(0, 1\).*int32"),
+        (dict(positions=np.array([[0.0, 0.25]])), r"positions.*integer.*0\.25 at \(0, 1\)"),
+        (dict(positions=np.array([[0.0, np.nan]])), r"positions.*integer.*nan at \(0, 1\)"),
+        (dict(positions=np.array([[0, 2**31]])), r"positions.*2147483648 at \(0, 1\).*int32"),
+        (dict(segment_ids=np.array([["a", "b"]])), r"segment_ids.*integer.*<U1"),
+        (dict(segment_ids=[[1, 2], [3]]), r"segment_ids.*ragged|segment_ids.*different lengths"),
+        (dict(positions=[[0, 1], [0]]), r"positions.*ragged|positions.*different lengths"),
+        (dict(is_input=[[True], [True, False]]), r"is_input.*ragged|is_input.*different lengths"),
+        (dict(is_input=np.array([["yes", "no"]])), r"is_input.*<U"),
+        (dict(shape=(1, -3)), r"shape.*\(1, -3\)"),
+        (dict(shape=(2, 2.5)), r"shape.*\(2, 2\.5\)"),
+    ],
+)
+def test_facts_refuse_values_a_cast_would_change_naming_the_argument(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        masks.facts(**kwargs)
+
+
+def test_facts_accept_whole_floats_and_bools():
+    """Whole-number floats and bools are ids a cast keeps exactly."""
+    f = masks.facts(np.array([[1.0, 1.0, 2.0, 0.0]]), is_input=np.array([[1, 0, 1, 0]]))
+    np.testing.assert_array_equal(np.asarray(f.segment_ids), [[1, 1, 2, 0]])
+    np.testing.assert_array_equal(np.asarray(f.positions), [[0, 1, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(f.is_input), [[True, False, True, False]])
+    assert f.segment_ids.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(masks.facts(np.array([[True, False]])).segment_ids), [[1, 0]])
+    edge = masks.facts(positions=np.array([[0, 2**31 - 1]], np.int64))
+    np.testing.assert_array_equal(np.asarray(edge.positions), [[0, 2**31 - 1]])
+
+
 def test_combining_masks_over_different_lengths_raises():
     a, b = masks.facts(shape=(2, 6)), masks.facts(shape=(2, 5))
     with pytest.raises(ValueError, match="combine"):
