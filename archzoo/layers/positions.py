@@ -31,6 +31,10 @@ class LearnedPositions(nnx.Module):
     """An absolute position table ``[offset + max_len, D]`` read at ``positions + offset``.
 
     OPT and BART keep two unused rows at the start of their table (``offset = 2``).
+
+    The table holds positions ``[0, max_len)``. The families refuse concrete positions outside
+    it (:meth:`archzoo.models.base.LanguageModel.check_inputs`); traced ones (under
+    ``jax.jit``) cannot be checked and read the nearest row of the table, row 0 or the last.
     """
 
     def __init__(self, cfg: PositionConfig, d_model: int, *, rngs: nnx.Rngs, init_std: float = 0.02):

@@ -26,7 +26,11 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> jax.Array:
     """
     if isinstance(tokens, jax.core.Tracer):
         return tokens
-    arr = np.asarray(tokens)
+    try:
+        arr = np.asarray(tokens)
+    except ValueError:
+        lengths = [len(row) if hasattr(row, "__len__") else 1 for row in tokens]
+        raise ValueError(f"{name}: rows have different lengths {lengths}; pad them to one [batch, length] array") from None
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected token ids of shape [batch, length], got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -49,8 +53,49 @@ def check_facts(facts: TokenFacts | None, shape: tuple, name: str) -> TokenFacts
     return facts
 
 
+def check_positions(positions_BL, max_len: int, name: str) -> None:
+    """Refuses concrete positions outside a learned table ``[0, max_len)``, which a lookup would
+    clip to its first or last row. Traced positions (under ``jax.jit``) cannot be checked.
+
+    Raises:
+      ValueError: naming ``name`` (the facts' positions), the position, where it is and the table.
+    """
+    if isinstance(positions_BL, jax.core.Tracer):
+        return
+    pos = np.asarray(positions_BL)
+    outside = (pos < 0) | (pos >= max_len)
+    if outside.any():
+        where = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise ValueError(
+            f"{name}: position {int(pos[where])} at {where} is outside the learned position table [0, {max_len}) "
+            f"(position.max_len={max_len})"
+        )
+
+
 class LanguageModel(nnx.Module):
     """Base of the families: token embedding and output head from ``cfg.embedding``."""
+
+    def check_inputs(self, tokens, facts: TokenFacts | None, stack: str = "") -> tuple[jax.Array, TokenFacts]:
+        """Token ids ``[B, L]`` and their facts, checked against the vocabulary and, with a
+        learned position table, the positions it holds (when the values are concrete).
+
+        Args:
+          stack: ``""``, ``"encoder "`` or ``"decoder "``: how errors name the arguments.
+        """
+        tokens = check_tokens(tokens, self.config.vocab_size, f"{stack}tokens")
+        given = facts is not None
+        facts = check_facts(facts, tokens.shape, f"{stack}facts")
+        pos = self.config.position
+        if pos.kind == "learned":
+            if given:
+                check_positions(facts.positions, pos.max_len, f"{stack}facts.positions")
+            elif tokens.shape[1] > pos.max_len:
+                raise ValueError(
+                    f"{stack}tokens: length {tokens.shape[1]} is longer than the learned position table "
+                    f"(position.max_len={pos.max_len}); pass shorter rows, or pack examples of at most "
+                    f"{pos.max_len} tokens with facts"
+                )
+        return tokens, facts
 
     def _init_embedding(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
         self.config = cfg

@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 
 from archzoo.masks import Mask, TokenFacts
-from archzoo.models.base import LanguageModel, check_facts, check_tokens
+from archzoo.models.base import LanguageModel
 from archzoo.models.cache import KVCache, empty_facts, write_facts
 from archzoo.models.config import ModelConfig
 from archzoo.models.self_attention import self_attention_mask
@@ -41,8 +41,7 @@ class Decoder(LanguageModel):
         Returns:
           logits ``[B, L, V]`` float32; with a cache, ``(logits, updated cache)``.
         """
-        tokens = check_tokens(tokens, self.config.vocab_size)
-        facts = check_facts(facts, tokens.shape, "facts")
+        tokens, facts = self.check_inputs(tokens, facts)
         kv_facts = facts if cache is None else write_facts(cache.facts, facts, cache.index)
         if mask is None:
             mask = self_attention_mask(self.config, facts, kv_facts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flax import nnx
 
 from archzoo.masks import Mask, TokenFacts
-from archzoo.models.base import LanguageModel, check_facts, check_tokens
+from archzoo.models.base import LanguageModel
 from archzoo.models.config import ModelConfig
 from archzoo.models.self_attention import self_attention_mask
 from archzoo.models.stack import Stack
@@ -22,8 +22,7 @@ class Encoder(LanguageModel):
 
     def __call__(self, tokens, facts: TokenFacts | None = None, *, mask: Mask | None = None):
         """Logits ``[B, L, V]`` float32 for int tokens ``[B, L]`` (``full & same_segment`` mask)."""
-        tokens = check_tokens(tokens, self.config.vocab_size)
-        facts = check_facts(facts, tokens.shape, "facts")
+        tokens, facts = self.check_inputs(tokens, facts)
         if mask is None:
             mask = self_attention_mask(self.config, facts, bidirectional=True)
         x, _ = self.stack(self.embed(tokens, self.dtype), facts, mask)

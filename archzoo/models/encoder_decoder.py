@@ -9,7 +9,7 @@ from flax import nnx
 
 from archzoo import masks
 from archzoo.masks import Mask, TokenFacts
-from archzoo.models.base import LanguageModel, check_facts, check_tokens
+from archzoo.models.base import LanguageModel
 from archzoo.models.cache import KVCache, empty_facts, write_facts
 from archzoo.models.config import ModelConfig
 from archzoo.models.self_attention import self_attention_mask
@@ -28,8 +28,7 @@ class EncoderDecoder(LanguageModel):
 
     def encode(self, tokens, facts: TokenFacts | None = None) -> tuple[jax.Array, TokenFacts]:
         """Encoder output ``[B, S, D]`` and the (checked) encoder facts."""
-        tokens = check_tokens(tokens, self.config.vocab_size, "encoder tokens")
-        facts = check_facts(facts, tokens.shape, "encoder facts")
+        tokens, facts = self.check_inputs(tokens, facts, "encoder ")
         mask = self_attention_mask(self.config, facts, bidirectional=True)
         memory, _ = self.encoder(self.embed(tokens, self.dtype), facts, mask)
         return memory, facts
@@ -40,8 +39,7 @@ class EncoderDecoder(LanguageModel):
 
     def decode(self, tokens, facts: TokenFacts | None, memory_BSD, memory_facts: TokenFacts, *, cache: KVCache | None = None):
         """Decoder logits given the encoder output (or, with a cache, its cached projections)."""
-        tokens = check_tokens(tokens, self.config.vocab_size, "decoder tokens")
-        facts = check_facts(facts, tokens.shape, "decoder facts")
+        tokens, facts = self.check_inputs(tokens, facts, "decoder ")
         if cache is None:
             kv_facts, cross_kv = facts, self.cross_kv(memory_BSD)
         else:
