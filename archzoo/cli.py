@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from archzoo.config import ConfigError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_SIGTERM"]
+
+# `archzoo run` stopped by SIGTERM (after saving the run under way): the shell's code for it.
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 def _params(args) -> int:
@@ -54,9 +58,10 @@ def _format_table(summaries: list[dict]) -> str:
     header = ("run", "family", "params", "target tokens", "tokens processed", "FLOPs", "val loss (nats/token)", "val bits/byte", "wall (s)")
     rows = [header]
     for s in summaries:
+        name = s["name"] + (f" (interrupted at step {s['steps']})" if s.get("stopped_by") == "sigterm" else "")
         family = s["family"] + (" (prefix)" if s["family"] == "decoder" and s.get("mask") == "prefix" else "")
         rows.append((
-            s["name"],
+            name,
             family,
             f"{s['params']:,}",
             f"{s['target_tokens']:,}",
@@ -82,6 +87,8 @@ def _run(args) -> int:
     try:
         for cfg in configs:
             summaries.append(train(cfg, overwrite=args.overwrite))
+            if summaries[-1]["stopped_by"] == "sigterm":
+                break
     except (RunDirError, TrainingError) as e:
         print(f"archzoo run: error: {e}", file=sys.stderr)
         return 1
@@ -89,8 +96,17 @@ def _run(args) -> int:
     print(table)
     budget = configs[0].budget
     text = f"# {Path(args.config).name}\n\nBudget: {budget.value:,.0f} {budget.kind.replace('_', ' ')} per run.\n\n{table}\n"
-    for cfg in configs:
+    for cfg in configs[: len(summaries)]:
         (cfg.run_dir / "comparison.md").write_text(text)
+    last = summaries[-1]
+    if last["stopped_by"] == "sigterm":
+        left = len(configs) - len(summaries)
+        print(
+            f"archzoo run: interrupted by SIGTERM: {last['name']} stopped at step {last['steps']} and saved its checkpoint"
+            f"{f', {left} run(s) after it not started' if left else ''}; run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_SIGTERM
     return 0
 
 
@@ -126,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_params)
 
-    r = sub.add_parser("run", help="train the runs of a config file and print their comparison table")
+    r = sub.add_parser(
+        "run",
+        help="train the runs of a config file and print their comparison table",
+        description="Train the runs of a config file and print their comparison table. SIGTERM stops the "
+        f"command after the step under way, saved, and exits with status {EXIT_SIGTERM}; the same command resumes.",
+    )
     r.add_argument("config", help="run or experiment config YAML")
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (train.batch_size=8)")
     r.add_argument("--overwrite", action="store_true", help="replace run directories that hold a different config")
@@ -155,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:  # DataError and RunDirError are ValueErrors
         print(f"archzoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named that cannot be read or written
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"archzoo {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -3,18 +3,84 @@ events and checkpoints (DESIGN.md §4)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
 import yaml
 
-__all__ = ["RunDirError", "prepare_run_dir", "MetricsWriter", "write_json"]
+__all__ = ["RunDirError", "hold_run_dir", "prepare_run_dir", "MetricsWriter", "write_json"]
+
+LOCK_FILE = "archzoo.lock"  # held (flock) by the one process training in the directory
+HOLDER_FILE = "archzoo.pid"  # that process's id, beside the lock: opening a lock may truncate it
+TENSORBOARD_DIR = "tensorboard"
+
+# Everything archzoo writes in a run directory (the tokenizer copy is tokenizer.json or
+# tokenizer.model, see Tokenizer.file_name); --overwrite removes these and leaves the rest.
+WRITTEN = (
+    "config.yaml", "metrics.jsonl", "facts.json", "facts.tmp", "summary.json", "summary.tmp",
+    "comparison.md", "checkpoints", TENSORBOARD_DIR, "tokenizer.json", "tokenizer.model",
+)
 
 
 class RunDirError(ValueError):
-    """A run directory that cannot be used as asked (it holds another config)."""
+    """A run directory that cannot be used as asked (another config, another process, no write
+    access, a broken config.yaml)."""
+
+
+def _os_error(run_dir: Path, e: OSError) -> RunDirError:
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(run_dir) else ""
+    return RunDirError(f"{run_dir}: cannot create or write the run directory: {e.strerror or e}{where}; choose another out_dir or name, or make it writable")
+
+
+def _holder(run_dir: Path) -> str:
+    try:
+        return (run_dir / HOLDER_FILE).read_text().strip() or "unknown"
+    except OSError:  # the holder has not written it yet
+        return "unknown"
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: Path):
+    """Holds the run directory for this process while the block runs (creating the directory).
+
+    Raises:
+      RunDirError: another process holds it (naming its pid), or it cannot be created or written.
+    """
+    from filelock import FileLock, Timeout
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a run directory; choose another name or out_dir")
+    created = not run_dir.exists()
+    lock = FileLock(run_dir / LOCK_FILE, timeout=0)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+        raise RunDirError(
+            f"{run_dir} is in use by another archzoo process (pid {_holder(run_dir)}); "
+            "wait for it to finish, or stop it (SIGTERM saves a checkpoint) and rerun"
+        ) from None
+    except OSError as e:
+        raise _os_error(run_dir, e) from None
+    try:
+        try:
+            (run_dir / HOLDER_FILE).write_text(f"{os.getpid()}\n")
+        except OSError as e:
+            raise _os_error(run_dir, e) from None
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            (run_dir / HOLDER_FILE).unlink(missing_ok=True)
+        lock.release()
+        # A run that stopped before taking the directory (a data error) leaves nothing behind.
+        with contextlib.suppress(OSError):
+            if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+                (run_dir / LOCK_FILE).unlink()
+                run_dir.rmdir()
 
 
 def _dump(config: dict) -> str:
@@ -41,23 +107,53 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
         not an archzoo run directory.
     """
     path = run_dir / "config.yaml"
-    if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
-        changed = sorted(_diff(old, config) - _NOT_RESULTS)
-        if not changed and not overwrite:
-            path.write_text(_dump(config))
-            return True
-        if not overwrite:
-            raise RunDirError(
-                f"{run_dir} holds a run with a different config (differs at: {', '.join(changed[:6]) or 'format'}); "
-                "choose another name or out_dir, or pass --overwrite to replace it"
-            )
-        shutil.rmtree(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(f"{run_dir} exists, is not empty and holds no archzoo run (no config.yaml); choose another name or out_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(_dump(config))
+    try:
+        if path.exists():
+            old = _read_config(path, overwrite)
+            changed = sorted(_diff(old, config) - _NOT_RESULTS)
+            if not changed and not overwrite:
+                path.write_text(_dump(config))
+                return True
+            if not overwrite:
+                raise RunDirError(
+                    f"{run_dir} holds a run with a different config (differs at: {', '.join(changed[:6]) or 'format'}); "
+                    "choose another name or out_dir, or pass --overwrite to replace it"
+                )
+            _remove_written(run_dir)
+        elif run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE) for p in run_dir.iterdir()):
+            raise RunDirError(f"{run_dir} exists, is not empty and holds no archzoo run (no config.yaml); choose another name or out_dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(_dump(config))
+    except OSError as e:
+        raise _os_error(run_dir, e) from None
     return False
+
+
+def _read_config(path: Path, overwrite: bool) -> dict:
+    """The config a run directory holds; with ``overwrite``, an unreadable one counts as another."""
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        if overwrite:
+            return {}
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise RunDirError(
+            f"{path}{where}: the run directory's config is not readable YAML ({problem}); "
+            "restore it, or pass --overwrite to replace the run"
+        ) from None
+    return {} if old is None else old
+
+
+def _remove_written(run_dir: Path) -> None:
+    """Removes what archzoo wrote in ``run_dir`` (see WRITTEN), nothing the user put there."""
+    for name in WRITTEN:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 def _diff(a, b, prefix: str = "") -> set[str]:
@@ -79,31 +175,38 @@ class MetricsWriter:
     """Appends metrics to ``metrics.jsonl`` and a TensorBoard event file.
 
     On resume, lines after the restored step are dropped first, so the file ends as an
-    uninterrupted run's would.
+    uninterrupted run's would; the TensorBoard events are written afresh from the lines kept
+    (an event file cannot be cut at a step, and a kill leaves events past the checkpoint).
     """
 
     def __init__(self, run_dir: Path, resume_step: int | None):
         from tensorboardX import SummaryWriter
 
         self.path = run_dir / "metrics.jsonl"
-        if resume_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            kept = []
+        kept = []
+        if resume_step is not None and self.path.exists():
             for line in self.path.read_text().splitlines():
                 try:
-                    if json.loads(line)["step"] <= resume_step:
-                        kept.append(line)
+                    record = json.loads(line)
+                    if record["step"] > resume_step:
+                        break
                 except (json.JSONDecodeError, KeyError):  # a line cut short by a kill
                     break
-            self.path.write_text("".join(line + "\n" for line in kept))
+                kept.append((line, record))
+        self.path.write_text("".join(line + "\n" for line, _ in kept))
         self._file = open(self.path, "a")
-        self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+        self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        for _, record in kept:
+            self._scalars(record)
 
     def write(self, record: dict) -> None:
         """One JSON line (and one scalar per numeric field in TensorBoard)."""
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
+        self._scalars(record)
+
+    def _scalars(self, record: dict) -> None:
         for k, v in record.items():
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, record["step"])

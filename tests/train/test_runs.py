@@ -105,7 +105,7 @@ def test_sigkill_then_resume_ends_bitwise_equal(tmp_path):
     assert metrics(run_dir) == metrics(reference.run_dir)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path):
     path = config(tmp_path, name="term", budget="{kind: steps, value: 100000}")
     proc = _run_cli([str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run_dir = tmp_path / "runs" / "term"
@@ -113,7 +113,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stopped_by"] == "sigterm"
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
