@@ -2,9 +2,10 @@
 validation and checkpoints (STYLE.md "Modules and the train loop").
 
 Resume: the same command on the same run directory restores the last checkpoint (parameters,
-optimizer, data position and budget counters) and continues bit for bit. SIGTERM saves a
-checkpoint and exits cleanly; a NaN or infinite loss stops the run, naming the step, and keeps
-the last good checkpoint.
+optimizer, data position and budget counters) and continues bit for bit. SIGTERM ends the run
+after the step under way: it is scored, logged and saved, and ``summary.json`` says
+``stopped_by: sigterm``. One process at a time trains in a run directory. A NaN or infinite
+loss stops the run, naming the step, and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from archzoo.train.config import RunConfig, resolved
 from archzoo.train.flops import forward_flops_per_token, train_flops
 from archzoo.train.optimizer import learning_rate
 from archzoo.features.pipeline import Pipeline, auto_chunk_len, chunk_documents, validation_batches
-from archzoo.train.rundir import MetricsWriter, prepare_run_dir, write_json
+from archzoo.train.rundir import MetricsWriter, hold_run_dir, prepare_run_dir, write_json
 from archzoo.train.step import make_eval_step, make_train_step, split_model
 
 __all__ = ["train", "TrainingError", "row_lengths"]
@@ -79,7 +80,7 @@ def _checkpoint_manager(run_dir: Path, keep: int) -> ocp.CheckpointManager:
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = None) -> dict:
-    """Trains one run to its budget, writing its run directory.
+    """Trains one run to its budget (or to a SIGTERM), writing its run directory.
 
     Args:
       cfg: the run.
@@ -90,9 +91,16 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
       the run's summary (also written to ``summary.json``).
 
     Raises:
-      RunDirError: the directory holds another run.
+      RunDirError: the directory holds another run, another process trains in it, it cannot be
+        written, or its config.yaml is broken.
       TrainingError: the loss became NaN or infinite.
     """
+    with hold_run_dir(cfg.run_dir):
+        return _train(cfg, overwrite, progress)
+
+
+def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
+    """:func:`train`, once this process holds the run directory."""
     run_dir = cfg.run_dir
     wall_start = time.perf_counter()
     if jax.process_count() > 1:
@@ -198,7 +206,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
     last_eval: dict = {}
     try:
         # -- the loop -------------------------------------------------------------------------------
-        while _budget_spent(budget.kind, counters) < budget.value and not stop["sigterm"]:
+        while _budget_spent(budget.kind, counters) < budget.value:
             batch = pipeline.next_batch()
             if budget.kind == "target_tokens":
                 batch = _trim_to_target_budget(batch, stream, int(budget.value - counters["target_tokens"]))
@@ -234,17 +242,21 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
                 "flops": counters["flops"],
                 "tokens_per_s": tokens / seconds,
             }
-            done = _budget_spent(budget.kind, counters) >= budget.value
+            # A SIGTERM ends the run at this step: scored, logged and saved like the last one.
+            stopping = stop["sigterm"]
+            done = _budget_spent(budget.kind, counters) >= budget.value or stopping
             if step % cfg.train.eval_every == 0 or done:
                 last_eval = evaluate()
                 record.update(last_eval)
             if step % cfg.train.log_every == 0 or done or "val_loss_nats" in record:
                 writer.write(record)
-            if step % cfg.train.checkpoint_every == 0 or done or stop["sigterm"]:
+            if step % cfg.train.checkpoint_every == 0 or done:
                 save(step)
             if bar is not None:
                 bar.update(_budget_spent(budget.kind, counters) - bar.n)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / seconds:,.0f}", refresh=False)
+            if stopping:
+                break
         if not last_eval:  # resumed at the end (or never stepped): score the final weights
             last_eval = evaluate()
     finally:
