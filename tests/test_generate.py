@@ -31,6 +31,7 @@ DECODERS = {
     "alibi": dict(position={"kind": "alibi"}, norm={"embedding_norm": True}),
     "t5_bias": dict(position={"kind": "t5_bias"}, norm={"kind": "rmsnorm"}),
     "prefix": dict(mask="prefix", position={"kind": "rope"}),
+    "prefix_t5_bias": dict(mask="prefix", position={"kind": "t5_bias"}, norm={"kind": "rmsnorm"}),
 }
 ENCODER_DECODERS = {
     "learned": dict(position={"kind": "learned", "max_len": 12}, embedding={"tie": False}),

@@ -101,7 +101,8 @@ class Stack(nnx.Module):
       cfg: the model config.
       num_layers: blocks in this stack.
       cross: blocks have cross-attention (an encoder-decoder's decoder).
-      bidirectional: T5 relative buckets look both ways (encoder stacks).
+      bidirectional: T5 relative buckets look both ways (encoder stacks, and decoder stacks whose
+        mask can allow later keys: a prefix decoder's).
     """
 
     def __init__(self, cfg: ModelConfig, num_layers: int, *, cross: bool, bidirectional: bool, rngs: nnx.Rngs):

@@ -4,9 +4,11 @@ to float tolerance), on tiny random models."""
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import archzoo
 from archzoo import masks
+from tests.layers.test_positions import t5_bucket
 
 V = 256
 BASE = dict(vocab_size=V, d_model=32, num_layers=2, attention={"num_heads": 4}, mlp={"d_ff": 64})
@@ -90,7 +92,12 @@ def test_prefix_decoder_with_empty_prefix_equals_causal_exactly(decoder_pair):
     x = tokens(np.random.default_rng(3), 3, 11)
     seg = np.array([[1] * 11, [1] * 5 + [2] * 6, [1] * 8 + [0] * 3])
     f = archzoo.facts(segment_ids=seg)
-    np.testing.assert_array_equal(np.asarray(causal(x, f)), np.asarray(prefix(x, f)))
+    want = causal(x, f)
+    if prefix.config.position.kind == "t5_bias":
+        # A prefix stack reads T5 buckets both ways (its mask sees later keys in the prefix), so
+        # its causal twin is the same stack under the causal mask.
+        want = prefix(x, f, mask=masks.causal(f) & masks.same_segment(f))
+    np.testing.assert_array_equal(np.asarray(want), np.asarray(prefix(x, f)))
 
 
 def _packed_equals_alone(model, lengths, is_input_len=None):
@@ -172,3 +179,80 @@ def test_bfloat16_compute_tracks_float32():
     a, b = np.asarray(f32(x)), np.asarray(bf16(x))
     assert b.dtype == np.float32
     assert np.abs(a - b).max() < 0.1 * np.abs(a).max() + 0.05
+
+
+# -- T5 relative buckets in a decoder stack, against a forward pass written out in numpy -----------
+
+T5_ONE_LAYER = dict(
+    vocab_size=V,
+    d_model=32,
+    num_layers=1,
+    attention={"num_heads": 4, "scale": False},
+    mlp={"d_ff": 64, "activation": "relu", "bias": False},
+    norm={"kind": "rmsnorm", "bias": False},
+    position={"kind": "t5_bias", "num_buckets": 8, "max_distance": 16},
+)
+
+
+def t5_decoder_reference(model, tokens_BL, seg_BL, pos_BL, inp_BL, *, prefix: bool, bidirectional: bool):
+    """Logits of a one-layer pre-RMSNorm decoder with T5 relative bias, loop over (q, k) pairs:
+    each allowed key gets ``q . k + table[bucket(k_pos - q_pos), head]``."""
+    w = {".".join(str(p) for p in path): np.asarray(v[...], np.float64) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    block, eps = "stack.blocks.0.", model.config.norm.eps
+    num_buckets, max_distance = model.config.position.num_buckets, model.config.position.max_distance
+
+    def rms(x, scale):
+        return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * scale
+
+    x = w["embed.table"][tokens_BL]
+    h = rms(x, w[block + "attn_norm.scale"])
+    q, k, v = (np.einsum("bld,dhe->blhe", h, w[block + f"attn.{n}"]) for n in "qkv")
+    B, L = tokens_BL.shape
+    H = q.shape[2]
+    out = np.zeros_like(q)
+    for b in range(B):
+        for i in range(L):
+            keys = [
+                j
+                for j in range(L)
+                if seg_BL[b, j] == seg_BL[b, i]
+                and (pos_BL[b, j] <= pos_BL[b, i] or (prefix and inp_BL[b, i] and inp_BL[b, j]))
+            ]
+            for hd in range(H):
+                bias = [w["stack.relative_bias.table"][t5_bucket(int(pos_BL[b, j] - pos_BL[b, i]), bidirectional, num_buckets, max_distance), hd] for j in keys]
+                logits = np.array([q[b, i, hd] @ k[b, j, hd] for j in keys]) + np.array(bias)
+                p = np.exp(logits - logits.max())
+                out[b, i, hd] = (p / p.sum()) @ v[b, keys, hd]
+    x = x + np.einsum("blhe,hed->bld", out, w[block + "attn.o"])
+    h = rms(x, w[block + "mlp_norm.scale"])
+    x = x + np.maximum(h @ w[block + "mlp.up"], 0) @ w[block + "mlp.down"]
+    return rms(x, w["stack.final_norm.scale"]) @ w["embed.table"].T
+
+
+def _t5_batch():
+    rng = np.random.default_rng(7)
+    x = tokens(rng, 2, 10)
+    seg = np.array([[1] * 6 + [2] * 3 + [0], [1] * 10])
+    inp = np.array([[1, 1, 1, 1, 0, 0, 1, 0, 0, 0], [1] * 5 + [0] * 5], bool)
+    return x, archzoo.facts(segment_ids=seg, is_input=inp)
+
+
+def test_t5_prefix_decoder_reads_future_keys_of_the_prefix_in_their_own_buckets():
+    """Inside the prefix a query sees later keys; as in Mesh TensorFlow's prefix LM
+    (``input_full_attention``), the whole stack reads buckets both ways, so the key 3 ahead
+    is not the query's own bucket 0."""
+    model = archzoo.build(**T5_ONE_LAYER, mask="prefix", seed=8)
+    x, f = _t5_batch()
+    facts = [np.asarray(a) for a in (f.segment_ids, f.positions, f.is_input)]
+    want = t5_decoder_reference(model, x, *facts, prefix=True, bidirectional=True)
+    real = facts[0] != 0
+    np.testing.assert_allclose(np.asarray(model(x, f))[real], want[real], atol=2e-5, rtol=1e-4)
+
+
+def test_t5_causal_decoder_reads_buckets_one_way():
+    model = archzoo.build(**T5_ONE_LAYER, seed=8)
+    x, f = _t5_batch()
+    facts = [np.asarray(a) for a in (f.segment_ids, f.positions, f.is_input)]
+    want = t5_decoder_reference(model, x, *facts, prefix=False, bidirectional=False)
+    real = facts[0] != 0
+    np.testing.assert_allclose(np.asarray(model(x, f))[real], want[real], atol=2e-5, rtol=1e-4)
