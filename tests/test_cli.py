@@ -38,3 +38,15 @@ def test_convert_cli_names_a_missing_folder(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "no config.json" in err and "nowhere" in err
+
+
+def test_an_unwritable_output_path_is_one_line_naming_it(tmp_path, capsys):
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=128, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    (tmp_path / "blocker").write_text("a file, so nothing can be written under it (even by root)")
+    target = tmp_path / "blocker" / "gpt2.yaml"
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "hf"), "--config", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"archzoo convert: error: {target}: Not a directory"
