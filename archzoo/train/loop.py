@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from archzoo.config import ConfigError
 from archzoo.features.packing import LOSS_STREAM, STREAMS
@@ -26,6 +25,7 @@ from archzoo.data.bpe import build_tokenizer
 from archzoo.data.splits import load_splits
 from archzoo.models import build, count_params
 from archzoo.objectives import build_objective
+from archzoo.train.checkpoints import RunCheckpoints
 from archzoo.train.config import RunConfig, resolved
 from archzoo.train.flops import forward_flops_per_token, train_flops
 from archzoo.train.optimizer import learning_rate
@@ -72,11 +72,6 @@ def _target_bytes(batches: list[dict], stream: str, tokenizer, special) -> int:
                 ids = [int(t) for t, w, g in zip(tokens, weights, segs) if g == s and w > 0 and not special.is_special(int(t))]
                 total += tokenizer.num_bytes(tokenizer.decode(ids)) if ids else 0
     return total
-
-
-def _checkpoint_manager(run_dir: Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
-    return ocp.CheckpointManager((run_dir / "checkpoints").absolute(), options=options)
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = None) -> dict:
@@ -160,30 +155,17 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     write_json(run_dir / "facts.json", facts)
 
     counters = {"step": 0, "target_tokens": 0, "tokens": 0, "flops": 0.0}
-    manager = _checkpoint_manager(run_dir, cfg.train.keep_checkpoints)
-    resume_step = manager.latest_step() if resuming else None
-    if resume_step is not None:
-        restored = manager.restore(
-            resume_step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+    manager = RunCheckpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+    restored = manager.restore_latest({"params": params, "opt_state": opt_state}) if resuming else None
+    resume_step = restored.step if restored is not None else None
+    if restored is not None:
         params, opt_state = restored.state["params"], restored.state["opt_state"]
         counters = restored.meta["counters"]
         pipeline.restore(restored.meta["pipeline"])
     writer = MetricsWriter(run_dir, resume_step if resume_step is not None else (0 if resuming else None))
 
     def save(step: int) -> None:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-                meta=ocp.args.JsonSave({"counters": counters, "pipeline": pipeline.state()}),
-            ),
-            force=True,
-        )
+        manager.save(step, {"params": params, "opt_state": opt_state}, {"counters": counters, "pipeline": pipeline.state()})
 
     def evaluate() -> dict:
         if not val:
@@ -261,7 +243,6 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
             last_eval = evaluate()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        manager.wait_until_finished()
         manager.close()
         writer.close()
         if bar is not None:

@@ -1,0 +1,187 @@
+"""A run's training checkpoints: orbax saves of the training state and its JSON metadata, each
+sealed by a checksum record once finished, and a resume that skips corrupted ones.
+
+On resume, step folders are tried newest first:
+
+- a folder with a record is trusted only if every file matches it (a flipped byte, a cut file or
+  broken metadata JSON all show up here, before orbax reads a byte);
+- a folder without a record was saved before records were kept, or the process died between
+  orbax's commit and the record. Orbax's commit marker (on a local disk, the rename from the
+  temporary ``<step>.orbax-checkpoint-tmp-*`` name) says the save finished, so it is restored
+  unverified, with a warning; if orbax cannot restore it, it is skipped like a corrupted one.
+  Unfinished saves keep the temporary name: orbax never lists them, and opening the folder
+  removes them.
+
+Skipped folders move to ``checkpoints/corrupted/`` (kept for inspection, and out of the way of
+the steps the resumed run saves again), each named in a warning on stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+from archzoo.checkpoint import RECORD_SUFFIX, check_record, record_path, write_record
+from archzoo.train.rundir import RunDirError
+
+__all__ = ["CheckpointError", "Restored", "RunCheckpoints"]
+
+
+class CheckpointError(RunDirError):
+    """No checkpoint of a run directory can be resumed from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A checkpoint read back: its step, the arrays (as the template) and the JSON metadata."""
+
+    step: int
+    state: dict
+    meta: dict
+
+
+def _warn(message: str) -> None:
+    print(f"archzoo: warning: {message}", file=sys.stderr, flush=True)
+
+
+class RunCheckpoints:
+    """The ``checkpoints`` folder of a run directory, with asynchronous saves.
+
+    Args:
+      directory: the folder (created if missing).
+      keep: how many of the newest checkpoints to keep.
+    """
+
+    def __init__(self, directory: Path, keep: int):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # what a kill during a save leaves behind (orbax's own cleanup would run in a thread)
+        for name in ocp.step.tmp_checkpoints(self.directory):
+            shutil.rmtree(self.directory / name)
+        self._sealer: threading.Thread | None = None
+        self._sealer_error: BaseException | None = None
+
+    def _step_folder(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def latest_step(self) -> int | None:
+        """The newest step saved (finished or in flight), or None."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: dict, meta: dict) -> None:
+        """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON data) as ``step``; a
+        thread seals the folder with its record as soon as orbax has finished it."""
+        self._wait_for_seal()
+        record_path(self._step_folder(step)).unlink(missing_ok=True)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self._manager.save(step, args=args, force=True)
+        # Sealing at once, not at the next save, keeps short the time a kill leaves the newest
+        # checkpoint without a record.
+        self._sealer = threading.Thread(target=self._seal, args=(step,), daemon=True)
+        self._sealer.start()
+
+    def _seal(self, step: int) -> None:
+        """Waits for orbax to finish ``step`` and records the checksums of its folder."""
+        try:
+            self._manager.wait_until_finished()
+            if self._step_folder(step).is_dir():
+                write_record(self._step_folder(step))
+            # orbax deletes folders past ``keep`` but knows nothing of their records
+            for record in self.directory.glob("*" + RECORD_SUFFIX):
+                if not record.with_name(record.name.removesuffix(RECORD_SUFFIX)).is_dir():
+                    record.unlink()
+        except BaseException as e:  # raised again in the main thread
+            self._sealer_error = e
+
+    def _wait_for_seal(self) -> None:
+        if self._sealer is not None:
+            self._sealer.join()
+            self._sealer = None
+        self._manager.wait_until_finished()
+        if self._sealer_error is not None:
+            error, self._sealer_error = self._sealer_error, None
+            raise error
+
+    def _problem(self, step: int) -> str | None:
+        """Why the folder of ``step`` cannot be trusted, or None."""
+        folder = self._step_folder(step)
+        if record_path(folder).exists():
+            return check_record(folder)
+        _warn(
+            f"checkpoint step {step} in {self.directory} has no checksum record (saved before records "
+            "were kept, or stopped before it was written); restoring it unverified"
+        )
+        return None
+
+    def _move_aside(self, step: int) -> Path:
+        corrupted = self.directory / "corrupted"
+        corrupted.mkdir(exist_ok=True)
+        target, n = corrupted / str(step), 1
+        while target.exists():
+            target, n = corrupted / f"{step}.{n}", n + 1
+        folder = self._step_folder(step)
+        if record_path(folder).exists():
+            record_path(folder).rename(record_path(target))
+        folder.rename(target)
+        return target
+
+    def _restore(self, step: int, template: dict):
+        """The checkpoint of ``step`` read back, or why it cannot be."""
+        problem = self._problem(step)
+        if problem is not None:
+            return None, problem
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as e:  # a folder without a record may be broken anywhere
+            first_line = (str(e).splitlines() or [""])[0][:200]
+            return None, f"orbax cannot restore it: {type(e).__name__}: {first_line}"
+        return Restored(step, restored.state, restored.meta), None
+
+    def restore_latest(self, template: dict) -> Restored | None:
+        """Restores the newest intact checkpoint, moving newer corrupted ones aside.
+
+        Args:
+          template: a pytree like the saved ``state`` (its arrays give shapes, dtypes and
+            shardings).
+
+        Returns:
+          the checkpoint, or None when the folder holds none.
+
+        Raises:
+          CheckpointError: every checkpoint is corrupted (the manager is closed first).
+        """
+        skipped: list[tuple[int, str]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            restored, problem = self._restore(step, template)
+            if restored is None:
+                skipped.append((step, problem))
+                continue
+            for bad, why in skipped:
+                target = self._move_aside(bad)
+                _warn(
+                    f"checkpoint step {bad} in {self.directory} is corrupted ({why}); "
+                    f"moved it to {target} and resuming from step {step}"
+                )
+            if skipped:
+                self._manager.reload()
+            return restored
+        if skipped:
+            self.close()
+            reasons = "; ".join(f"step {step}: {why}" for step, why in skipped)
+            raise CheckpointError(
+                f"no intact checkpoint to resume from in {self.directory} ({reasons}); "
+                "move that folder away, or pass --overwrite, to start the run afresh"
+            )
+        return None
+
+    def close(self) -> None:
+        """Waits for the save in flight and its record, and closes the manager."""
+        self._wait_for_seal()
+        self._manager.close()

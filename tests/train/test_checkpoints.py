@@ -1,0 +1,221 @@
+"""Checkpoint integrity: a corrupted newest checkpoint is skipped for the newest intact one, with a
+warning naming both; none intact is one error naming the folder. Whole-run tests share one finished
+6-step run (checkpoints at steps 4 and 6), copied afresh for each test."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from archzoo.cli import main
+from archzoo.train.checkpoints import CheckpointError, RunCheckpoints
+from archzoo.train.config import load_run_configs
+from archzoo.train.loop import train
+from tests.train.test_runs import config, metrics
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished run's config path and a pristine copy of its run directory."""
+    base = tmp_path_factory.mktemp("finished")
+    path = config(base, budget="{kind: steps, value: 6}")
+    cfg = load_run_configs(path)[0]
+    train(cfg)
+    shutil.copytree(cfg.run_dir, base / "pristine")
+    return path, cfg.run_dir, base / "pristine"
+
+
+@pytest.fixture
+def run(finished):
+    """The finished run's directory, as it was when the run ended."""
+    path, run_dir, pristine = finished
+    shutil.rmtree(run_dir)
+    shutil.copytree(pristine, run_dir)
+    return path, run_dir
+
+
+def _largest_array_file(step_folder: Path) -> Path:
+    """The biggest file of the arrays' part of a step folder: array data, never metadata."""
+    return max((p for p in (step_folder / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_bytes(path: Path) -> Path:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _truncate(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def _break_json(path: Path) -> Path:
+    path.write_text(path.read_text()[:5])
+    return path
+
+
+def _saved_arrays(run_dir: Path, step: int) -> dict:
+    """Every array of a checkpoint, read without a template."""
+    with ocp.StandardCheckpointer() as ckpt:
+        state = ckpt.restore((run_dir / "checkpoints" / str(step) / "state").absolute())
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state)}
+
+
+# Each breaks one file of a step folder and returns it. Before checksums, the first restored
+# garbage without a word, the second ended in a long orbax traceback, the third in
+# "json.decoder.JSONDecodeError: Unterminated string".
+CORRUPTIONS = {
+    "flipped array bytes": lambda folder: _flip_bytes(_largest_array_file(folder)),
+    "truncated array file": lambda folder: _truncate(_largest_array_file(folder)),
+    "broken metadata JSON": lambda folder: _break_json(folder / "meta" / "metadata"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(run, corruption, capsys):
+    path, run_dir = run
+    uninterrupted = metrics(run_dir)
+    want = _saved_arrays(run_dir, 6)
+    bad = CORRUPTIONS[corruption](run_dir / "checkpoints" / "6")
+    summary = train(load_run_configs(path)[0])
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "checkpoint step 6" in line]
+    assert len(warning) == 1 and "corrupted" in warning[0] and "resuming from step 4" in warning[0], err
+    assert str(run_dir / "checkpoints") in warning[0] and "--overwrite" not in err
+    assert bad.relative_to(run_dir / "checkpoints" / "6").as_posix() in warning[0]
+    # steps 5 and 6 were trained again from step 4: the run ends as the uninterrupted one did
+    assert summary["steps"] == 6 and metrics(run_dir) == uninterrupted
+    got = _saved_arrays(run_dir, 6)
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    assert (run_dir / "checkpoints" / "corrupted" / "6").is_dir()
+
+
+@pytest.mark.slow
+def test_no_intact_checkpoint_is_one_error_naming_the_folder(run, capsys):
+    path, run_dir = run
+    for step in (4, 6):
+        _flip_bytes(_largest_array_file(run_dir / "checkpoints" / str(step)))
+    assert main(["run", str(path)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0].startswith("archzoo run: error: no intact checkpoint")
+    assert str(run_dir / "checkpoints") in err[0] and "step 6:" in err[0] and "step 4:" in err[0]
+    # nothing was moved: the folder is as the user left it
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["4", "6"]
+
+
+# -- the checkpoint folder on its own: tiny pytrees, no training --------------------------------
+
+
+def _state(step: int) -> dict:
+    return {"w": np.arange(4096, dtype=np.float32).reshape(64, 64) * step, "b": np.full((5,), step, np.int32)}
+
+
+def _save_steps(directory: Path, steps, keep: int = 3) -> None:
+    checkpoints = RunCheckpoints(directory, keep)
+    for step in steps:
+        checkpoints.save(step, _state(step), {"counters": {"step": step}})
+    checkpoints.close()
+
+
+def _restore(directory: Path, keep: int = 3):
+    checkpoints = RunCheckpoints(directory, keep)
+    try:
+        return checkpoints.restore_latest(_state(0))
+    finally:
+        checkpoints.close()
+
+
+def test_an_intact_checkpoint_restores_exactly_and_reading_it_changes_no_file(tmp_path, capsys):
+    _save_steps(tmp_path / "c", [2, 4])
+    record = json.loads((tmp_path / "c" / "4.sha256.json").read_text())
+    restored = _restore(tmp_path / "c")
+    assert restored.step == 4 and restored.meta == {"counters": {"step": 4}}
+    for k, v in _state(4).items():
+        np.testing.assert_array_equal(restored.state[k], v)
+    assert json.loads((tmp_path / "c" / "4.sha256.json").read_text()) == record
+    from archzoo.checkpoint import check_record
+
+    assert check_record(tmp_path / "c" / "4") is None and capsys.readouterr().err == ""
+
+
+def test_records_follow_the_kept_checkpoints(tmp_path):
+    _save_steps(tmp_path / "c", [2, 4, 6], keep=2)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["4", "4.sha256.json", "6", "6.sha256.json"]
+
+
+def test_a_checkpoint_without_a_record_is_restored_unverified_with_a_warning(tmp_path, capsys):
+    _save_steps(tmp_path / "c", [2, 4])
+    (tmp_path / "c" / "4.sha256.json").unlink()
+    restored = _restore(tmp_path / "c")
+    assert restored.step == 4
+    err = capsys.readouterr().err
+    assert "checkpoint step 4" in err and "no checksum record" in err and "unverified" in err
+
+
+def test_a_broken_checkpoint_without_a_record_falls_back(tmp_path, capsys):
+    _save_steps(tmp_path / "c", [2, 4])
+    (tmp_path / "c" / "4.sha256.json").unlink()
+    _break_json(tmp_path / "c" / "4" / "state" / "_METADATA")
+    restored = _restore(tmp_path / "c")
+    assert restored.step == 2
+    np.testing.assert_array_equal(restored.state["w"], _state(2)["w"])
+    err = capsys.readouterr().err
+    assert "checkpoint step 4" in err and "orbax cannot restore it" in err and "resuming from step 2" in err
+    assert "Traceback" not in err
+
+
+def test_an_unfinished_save_is_ignored_and_removed(tmp_path, capsys):
+    _save_steps(tmp_path / "c", [2])
+    # what a kill during orbax's save of step 4 leaves: the temporary folder, never renamed
+    unfinished = tmp_path / "c" / "4.orbax-checkpoint-tmp-1234567890"
+    shutil.copytree(tmp_path / "c" / "2", unfinished)
+    restored = _restore(tmp_path / "c")
+    assert restored.step == 2 and not unfinished.exists() and capsys.readouterr().err == ""
+
+
+def test_an_unreadable_record_counts_as_corruption(tmp_path, capsys):
+    _save_steps(tmp_path / "c", [2, 4])
+    _break_json(tmp_path / "c" / "4.sha256.json")
+    assert _restore(tmp_path / "c").step == 2
+    assert "4.sha256.json is unreadable" in capsys.readouterr().err
+
+
+FILE_CHANGES = {
+    "flipped bytes": lambda folder: _flip_bytes(_largest_array_file(folder)),
+    "truncated manifest": lambda folder: _truncate(folder / "state" / "manifest.ocdbt"),
+    "broken array metadata": lambda folder: _break_json(folder / "state" / "_METADATA"),
+    "broken step metadata": lambda folder: _break_json(folder / "_CHECKPOINT_METADATA"),
+    "missing file": lambda folder: (folder / "meta" / "metadata").unlink() or folder / "meta" / "metadata",
+}
+
+
+@pytest.mark.parametrize("change", FILE_CHANGES)
+def test_any_changed_file_skips_the_checkpoint(tmp_path, change, capsys):
+    _save_steps(tmp_path / "c", [2, 4])
+    bad = FILE_CHANGES[change](tmp_path / "c" / "4")
+    restored = _restore(tmp_path / "c")
+    assert restored.step == 2 and restored.meta == {"counters": {"step": 2}}
+    np.testing.assert_array_equal(restored.state["b"], _state(2)["b"])
+    err = capsys.readouterr().err
+    name = bad.relative_to(tmp_path / "c" / "4").as_posix()
+    assert f"checkpoint step 4 in {tmp_path / 'c'} is corrupted ({name}" in err
+    assert "resuming from step 2" in err
+
+
+def test_every_checkpoint_corrupted_raises_naming_the_folder(tmp_path):
+    _save_steps(tmp_path / "c", [2, 4])
+    for step in (2, 4):
+        _flip_bytes(tmp_path / "c" / str(step) / "meta" / "metadata")
+    with pytest.raises(CheckpointError) as e:
+        _restore(tmp_path / "c")
+    want = f"no intact checkpoint to resume from in {tmp_path / 'c'} (step 4: meta/metadata differs"
+    assert str(e.value).startswith(want)
+    assert "step 2: meta/metadata differs" in str(e.value)
