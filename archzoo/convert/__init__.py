@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from archzoo.convert.common import GENERATION_KEYS
 from archzoo.models import FAMILIES
 from archzoo.models.base import Buffer
 from archzoo.models.config import ModelConfig
@@ -123,7 +124,8 @@ def load_hf(folder: str | Path) -> nnx.Module:
 
 
 def save_hf(model: nnx.Module, folder: str | Path, model_type: str | None = None) -> Path:
-    """Writes a model as a Hugging Face folder (config.json + model.safetensors).
+    """Writes a model as a Hugging Face folder: config.json, model.safetensors, and the
+    special-token ids again in generation_config.json (what transformers' ``generate`` reads).
 
     Args:
       model: an archzoo model.
@@ -145,4 +147,6 @@ def save_hf(model: nnx.Module, folder: str | Path, model_type: str | None = None
     tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
+    generation = {key: hf[key] for key in GENERATION_KEYS if key in hf}
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True))
     return folder

@@ -30,6 +30,8 @@ from archzoo.convert.common import (
     TensorReader,
     read_pairs,
     shared_table,
+    token_ids_from_hf,
+    token_ids_to_hf,
     unsupported_fields,
     write_pairs,
 )
@@ -43,6 +45,9 @@ from archzoo.models.config import (
 )
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
+
+# The special-token ids of the transformers config class, for keys a config.json lacks.
+TOKEN_DEFAULTS = dict(bos=0, eos=2, pad=1, decoder_start=2)
 
 _OFFSET = 2
 # Untied, transformers gives each stack its own embedding table (and keeps model.shared unused).
@@ -89,6 +94,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             tied_head_rescale=False,
             final_logits_bias=True,
         ),
+        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, "bart"),
     )
 
 
@@ -128,7 +134,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     """
     _check(cfg)
     act = ACTIVATION_TO_HF[cfg.mlp.activation]
-    return {
+    hf = {
         "model_type": "bart",
         "architectures": ["BartForConditionalGeneration"],
         "is_encoder_decoder": True,
@@ -145,6 +151,10 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "scale_embedding": cfg.embedding.scale,
         "tie_word_embeddings": cfg.embedding.tie,
     }
+    hf |= token_ids_to_hf(cfg)
+    # BART's generate forces a token at the length limit: the class default is BART's own eos (2).
+    hf["forced_eos_token_id"] = hf["eos_token_id"]
+    return hf
 
 
 def _pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:

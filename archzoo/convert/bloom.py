@@ -19,10 +19,14 @@ from archzoo.convert.common import (
     out_from_linear,
     out_to_linear,
     refuse,
+    token_ids_from_hf,
 )
 from archzoo.models.config import AttentionConfig, EmbeddingConfig, MlpConfig, ModelConfig, NormConfig, PositionConfig
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
+
+# The special-token ids of the transformers config class, for keys a config.json lacks.
+TOKEN_DEFAULTS = dict(bos=1, eos=2)
 
 MODEL_TYPE = "bloom"
 
@@ -61,6 +65,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         ),
         position=PositionConfig(kind="alibi"),
         embedding=EmbeddingConfig(tie=hf.get("tie_word_embeddings", True)),
+        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, MODEL_TYPE),
     )
 
 

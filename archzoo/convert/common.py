@@ -13,7 +13,8 @@ import numpy as np
 from einops import rearrange
 
 from archzoo.config import to_dict
-from archzoo.models.config import ModelConfig, NormConfig, PositionConfig
+from archzoo.data.special import SpecialTokens
+from archzoo.models.config import ModelConfig, NormConfig, PositionConfig, TokenIds
 
 __all__ = [
     "TensorReader",
@@ -34,6 +35,9 @@ __all__ = [
     "finish_config",
     "unsupported_fields",
     "refuse",
+    "token_ids_from_hf",
+    "token_ids_to_hf",
+    "GENERATION_KEYS",
     "TIED",
     "ENCODER_DECODER_EMBEDDINGS",
     "shared_table",
@@ -65,6 +69,53 @@ TIED = "transformers ties them, so archzoo keeps one table and would drop the ot
 def refuse(model_type: str, key: str, value, why: str) -> ValueError:
     """A ValueError for a Hugging Face config value archzoo cannot represent."""
     return ValueError(f"model_type {model_type!r}: config.json has {key}={value!r}, which archzoo cannot convert ({why})")
+
+
+# TokenIds field -> its config.json key.
+_TOKEN_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "pad_token_id", "decoder_start": "decoder_start_token_id"}
+# The config.json keys that transformers also keeps in generation_config.json, which generate reads.
+GENERATION_KEYS = (*_TOKEN_KEYS.values(), "forced_eos_token_id")
+
+
+def _is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def token_ids_from_hf(hf: dict, defaults: dict, model_type: str) -> TokenIds:
+    """The special-token ids of a ``config.json``.
+
+    Args:
+      hf: the parsed ``config.json``.
+      defaults: TokenIds field -> what the format's transformers config class has for a key
+        ``hf`` lacks (None when not given).
+      model_type: for the message.
+
+    Raises:
+      ValueError: naming the key whose value is not an integer, null or (eos) a list of integers.
+    """
+    ids = {}
+    for field, key in _TOKEN_KEYS.items():
+        value = hf.get(key, defaults.get(field))
+        if field == "eos" and isinstance(value, list) and value and all(map(_is_token_id, value)):
+            value = tuple(value)
+        elif value is not None and not _is_token_id(value):
+            raise refuse(model_type, key, value, "a token id is an integer or null" + (", or a list of them" if field == "eos" else ""))
+        ids[field] = value
+    return TokenIds(**ids)
+
+
+def token_ids_to_hf(cfg: ModelConfig) -> dict:
+    """The ``config.json`` keys of ``cfg.token_ids``; a model not read from Hugging Face has the
+    ids archzoo's tokenizers reserve (:class:`archzoo.data.special.SpecialTokens`), its decoder
+    starting from padding as in T5."""
+    encoder_decoder = cfg.family == "encoder_decoder"
+    reserved = SpecialTokens()
+    ids = cfg.token_ids or TokenIds(reserved.bos, reserved.eos, reserved.pad, reserved.pad if encoder_decoder else None)
+    out = {key: getattr(ids, field) for field, key in _TOKEN_KEYS.items()}
+    out["eos_token_id"] = list(ids.eos) if isinstance(ids.eos, tuple) else ids.eos
+    if ids.decoder_start is None and not encoder_decoder:
+        del out["decoder_start_token_id"]
+    return out
 
 
 def activation_from_hf(model_type: str, key: str, name: str) -> str:
@@ -250,7 +301,8 @@ def _essence(cfg: ModelConfig) -> dict:
     if pos.kind != "t5_bias":
         pos = dataclasses.replace(pos, num_buckets=default.num_buckets, max_distance=default.max_distance)
     norm = cfg.norm if cfg.norm.kind == "layernorm" else dataclasses.replace(cfg.norm, bias=NormConfig().bias)
-    return to_dict(dataclasses.replace(cfg, name="", dtype="float32", attention=attention, position=pos, norm=norm))
+    settled = dataclasses.replace(cfg, name="", dtype="float32", attention=attention, position=pos, norm=norm, token_ids=None)
+    return to_dict(settled)
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -279,9 +331,9 @@ def check_expressible(cfg: ModelConfig, hf: dict, config_from_hf: Callable[[dict
 
 
 def finish_config(cfg: ModelConfig, hf: dict, config_from_hf: Callable[[dict], ModelConfig], model_type: str) -> dict:
-    """A decoder format's ``config.json``: ``hf`` with ``tie_word_embeddings`` and ``dtype``
-    added, once :func:`check_expressible` finds that it reads back as ``cfg``."""
-    hf = hf | {"tie_word_embeddings": cfg.embedding.tie, "dtype": "float32"}
+    """A decoder format's ``config.json``: ``hf`` with ``tie_word_embeddings``, ``dtype`` and the
+    special-token ids added, once :func:`check_expressible` finds that it reads back as ``cfg``."""
+    hf = hf | {"tie_word_embeddings": cfg.embedding.tie, "dtype": "float32"} | token_ids_to_hf(cfg)
     check_expressible(cfg, hf, config_from_hf, model_type)
     return hf
 

@@ -19,10 +19,14 @@ from archzoo.convert.common import (
     head_from_hf,
     head_to_hf,
     refuse,
+    token_ids_from_hf,
 )
 from archzoo.models.config import AttentionConfig, EmbeddingConfig, MlpConfig, ModelConfig, NormConfig, PositionConfig
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
+
+# The special-token ids of the transformers config class, for keys a config.json lacks.
+TOKEN_DEFAULTS = dict(bos=50256, eos=50256)
 
 MODEL_TYPE = "gpt2"
 
@@ -60,6 +64,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         norm=NormConfig(kind="layernorm", eps=hf.get("layer_norm_epsilon", 1e-5), bias=True, placement="pre", final_norm=True),
         position=PositionConfig(kind="learned", max_len=hf.get("n_positions", 1024), offset=0),
         embedding=EmbeddingConfig(tie=hf.get("tie_word_embeddings", True)),
+        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, MODEL_TYPE),
     )
 
 

@@ -24,6 +24,7 @@ from archzoo.convert.common import (
     qkv_from_linear,
     qkv_to_linear,
     refuse,
+    token_ids_from_hf,
 )
 from archzoo.models.config import (
     AttentionConfig,
@@ -36,6 +37,9 @@ from archzoo.models.config import (
 )
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
+
+# The special-token ids of the transformers config class, for keys a config.json lacks.
+TOKEN_DEFAULTS = dict(bos=1, eos=2)
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 _ACTIVATION_TO_HF = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
@@ -122,6 +126,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         norm=NormConfig(kind="rmsnorm", eps=hf.get("rms_norm_eps", 1e-6), bias=False, placement="pre", final_norm=True),
         position=_rope_from_hf(hf, model_type),
         embedding=EmbeddingConfig(tie=hf.get("tie_word_embeddings", False)),
+        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, model_type),
     )
 
 

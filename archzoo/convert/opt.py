@@ -21,10 +21,14 @@ from archzoo.convert.common import (
     qkv_from_linear,
     qkv_to_linear,
     refuse,
+    token_ids_from_hf,
 )
 from archzoo.models.config import AttentionConfig, EmbeddingConfig, MlpConfig, ModelConfig, NormConfig, PositionConfig
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
+
+# The special-token ids of the transformers config class, for keys a config.json lacks.
+TOKEN_DEFAULTS = dict(bos=2, eos=2, pad=1)
 
 MODEL_TYPE = "opt"
 OFFSET = 2
@@ -74,6 +78,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         ),
         position=PositionConfig(kind="learned", max_len=hf.get("max_position_embeddings", 2048), offset=OFFSET),
         embedding=EmbeddingConfig(tie=hf.get("tie_word_embeddings", True)),
+        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, MODEL_TYPE),
     )
 
 

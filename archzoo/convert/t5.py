@@ -23,6 +23,8 @@ from archzoo.convert.common import (
     TensorReader,
     read_pairs,
     shared_table,
+    token_ids_from_hf,
+    token_ids_to_hf,
     unsupported_fields,
     write_pairs,
 )
@@ -36,6 +38,9 @@ from archzoo.models.config import (
 )
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
+
+# The special-token ids of the transformers config class, for keys a config.json lacks.
+TOKEN_DEFAULTS = dict(eos=1, pad=0)
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -81,6 +86,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             max_distance=hf.get("relative_attention_max_distance", 128),
         ),
         embedding=EmbeddingConfig(tie=rescale, scale=False, tied_head_rescale=rescale, final_logits_bias=False),
+        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, "t5"),
     )
 
 
@@ -144,10 +150,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "n_positions": cfg.position.max_len,
         "tie_word_embeddings": _tied(cfg),
         "scale_decoder_outputs": _tied(cfg),
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-    }
+    } | token_ids_to_hf(cfg)
 
 
 def _pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:

@@ -26,6 +26,21 @@ __all__ = ["ModelConfig", "load_model_config", "AttentionConfig", "MlpConfig", "
 
 
 @dataclass(frozen=True)
+class TokenIds:
+    """Special-token ids as a Hugging Face config names them (None where it names none).
+
+    Attributes:
+      bos, eos, pad: begin, end (one id or several) and padding tokens.
+      decoder_start: the first decoder input of an encoder-decoder.
+    """
+
+    bos: int | None = None
+    eos: int | tuple[int, ...] | None = None
+    pad: int | None = None
+    decoder_start: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A whole model.
 
@@ -40,6 +55,8 @@ class ModelConfig:
         tokens with ``is_input``). A prefix decoder is this class with another mask.
       parallel_block: attention and MLP read the same normed input and add in parallel (PaLM).
       dtype: compute dtype; parameters stay float32.
+      token_ids: special-token ids of a model read from Hugging Face (None: the ids archzoo's
+        tokenizers reserve, :mod:`archzoo.data.special`).
     """
 
     family: Literal["decoder", "encoder_decoder", "encoder"] = "decoder"
@@ -56,6 +73,7 @@ class ModelConfig:
     position: PositionConfig = field(default_factory=PositionConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    token_ids: TokenIds | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers"):
