@@ -101,9 +101,10 @@ def _run(args) -> int:
     last = summaries[-1]
     if last["stopped_by"] == "sigterm":
         left = len(configs) - len(summaries)
+        not_started = f", {left} run(s) after it not started" if left else ""
         print(
-            f"archzoo run: interrupted by SIGTERM: {last['name']} stopped at step {last['steps']} and saved its checkpoint"
-            f"{f', {left} run(s) after it not started' if left else ''}; run the same command to resume",
+            f"archzoo run: interrupted by SIGTERM: {last['name']} stopped at step {last['steps']} and saved "
+            f"its checkpoint{not_started}; run the same command to resume",
             file=sys.stderr,
         )
         return EXIT_SIGTERM

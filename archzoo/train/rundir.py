@@ -33,7 +33,10 @@ class RunDirError(ValueError):
 
 def _os_error(run_dir: Path, e: OSError) -> RunDirError:
     where = f" ({e.filename})" if e.filename and str(e.filename) != str(run_dir) else ""
-    return RunDirError(f"{run_dir}: cannot create or write the run directory: {e.strerror or e}{where}; choose another out_dir or name, or make it writable")
+    return RunDirError(
+        f"{run_dir}: cannot create or write the run directory: {e.strerror or e}{where}; "
+        "choose another out_dir or name, or make it writable"
+    )
 
 
 def _holder(run_dir: Path) -> str:
@@ -76,7 +79,7 @@ def hold_run_dir(run_dir: Path):
         with contextlib.suppress(OSError):
             (run_dir / HOLDER_FILE).unlink(missing_ok=True)
         lock.release()
-        # A run that stopped before taking the directory (a data error) leaves nothing behind.
+        # A run that stopped before writing its config (a data error) leaves no directory behind.
         with contextlib.suppress(OSError):
             if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
                 (run_dir / LOCK_FILE).unlink()
@@ -103,8 +106,8 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
       True when the directory already held this run (resume), False when it starts fresh.
 
     Raises:
-      RunDirError: the directory holds a different config and ``overwrite`` is False, or it is
-        not an archzoo run directory.
+      RunDirError: the directory holds a different config or an unreadable config.yaml and
+        ``overwrite`` is False, it is not an archzoo run directory, or it cannot be written.
     """
     path = run_dir / "config.yaml"
     try:
@@ -121,7 +124,9 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
                 )
             _remove_written(run_dir)
         elif run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE) for p in run_dir.iterdir()):
-            raise RunDirError(f"{run_dir} exists, is not empty and holds no archzoo run (no config.yaml); choose another name or out_dir")
+            raise RunDirError(
+                f"{run_dir} exists, is not empty and holds no archzoo run (no config.yaml); choose another name or out_dir"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(_dump(config))
     except OSError as e:

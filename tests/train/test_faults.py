@@ -143,7 +143,8 @@ def _one_error_line(capsys) -> str:
 def test_an_output_directory_under_a_file_is_one_line_naming_it(tmp_path, capsys):
     (tmp_path / "blocker").write_text("a file, not a directory")
     path = config(tmp_path, budget="{kind: steps, value: 1}")
-    path.write_text(path.read_text().replace(f"out_dir: {tmp_path / 'runs'}", f"out_dir: {tmp_path / 'blocker' / 'runs'}"))
+    text = path.read_text().replace(f"out_dir: {tmp_path / 'runs'}", f"out_dir: {tmp_path / 'blocker' / 'runs'}")
+    path.write_text(text)
     assert main(["run", str(path)]) != 0
     assert str(tmp_path / "blocker" / "runs" / "r") in _one_error_line(capsys)
 
