@@ -78,18 +78,30 @@ def check_record(folder: Path) -> str | None:
 
 
 def save_weights(model: nnx.Module, path: str | Path) -> Path:
-    """Writes the model's parameters and buffers to an orbax checkpoint folder."""
+    """Writes the model's parameters and buffers to an orbax checkpoint folder, with its
+    checksum record beside it."""
     path = Path(path).absolute()
+    record_path(path).unlink(missing_ok=True)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(path, nnx.state(model), force=True)
+    write_record(path)
     return path
 
 
 def restore_weights(model: nnx.Module, path: str | Path) -> nnx.Module:
-    """Restores weights saved by :func:`save_weights` into a model of the same config."""
+    """Restores weights saved by :func:`save_weights` into a model of the same config.
+
+    Raises:
+      FileNotFoundError: nothing at ``path``.
+      ValueError: the folder's files differ from its checksum record (a folder without one,
+        saved before records were kept, is restored unverified).
+    """
     path = Path(path).absolute()
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    problem = check_record(path) if record_path(path).exists() else None
+    if problem is not None:
+        raise ValueError(f"the checkpoint at {path} is corrupted ({problem}); write it again")
     abstract = nnx.state(model)
     with ocp.StandardCheckpointer() as ckpt:
         state = ckpt.restore(path, abstract)

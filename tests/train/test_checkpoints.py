@@ -11,6 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import archzoo
+from archzoo.checkpoint import restore_weights, save_weights
 from archzoo.cli import main
 from archzoo.train.checkpoints import CheckpointError, RunCheckpoints
 from archzoo.train.config import load_run_configs
@@ -219,3 +221,16 @@ def test_every_checkpoint_corrupted_raises_naming_the_folder(tmp_path):
     want = f"no intact checkpoint to resume from in {tmp_path / 'c'} (step 4: meta/metadata differs"
     assert str(e.value).startswith(want)
     assert "step 2: meta/metadata differs" in str(e.value)
+
+
+# -- model weights (archzoo convert --checkpoint) ------------------------------------------------
+
+
+def test_corrupted_weights_are_refused_naming_the_folder_and_file(tmp_path):
+    cfg = dict(d_model=32, attention={"num_heads": 4}, mlp={"d_ff": 64}, num_layers=2, vocab_size=256)
+    save_weights(archzoo.build(**cfg, seed=1), tmp_path / "ckpt")
+    data = _flip_bytes(max((p for p in (tmp_path / "ckpt").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size))
+    with pytest.raises(ValueError) as e:
+        restore_weights(archzoo.build(**cfg, seed=2), tmp_path / "ckpt")
+    name = data.relative_to(tmp_path / "ckpt").as_posix()
+    assert str(tmp_path / "ckpt") in str(e.value) and f"{name} differs from its recorded sha256" in str(e.value)
