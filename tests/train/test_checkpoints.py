@@ -40,9 +40,9 @@ def run(finished):
     return path, run_dir
 
 
-def _largest_array_file(step_folder: Path) -> Path:
-    """The biggest file of the arrays' part of a step folder: array data, never metadata."""
-    return max((p for p in (step_folder / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+def _largest_file(folder: Path) -> Path:
+    """The biggest file under ``folder``: at these sizes array data, never metadata."""
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
 
 def _flip_bytes(path: Path) -> Path:
@@ -74,8 +74,8 @@ def _saved_arrays(run_dir: Path, step: int) -> dict:
 # garbage without a word, the second ended in a long orbax traceback, the third in
 # "json.decoder.JSONDecodeError: Unterminated string".
 CORRUPTIONS = {
-    "flipped array bytes": lambda folder: _flip_bytes(_largest_array_file(folder)),
-    "truncated array file": lambda folder: _truncate(_largest_array_file(folder)),
+    "flipped array bytes": lambda folder: _flip_bytes(_largest_file(folder / "state")),
+    "truncated array file": lambda folder: _truncate(_largest_file(folder / "state")),
     "broken metadata JSON": lambda folder: _break_json(folder / "meta" / "metadata"),
 }
 
@@ -104,7 +104,7 @@ def test_a_corrupted_newest_checkpoint_falls_back_to_the_previous_one(run, corru
 def test_no_intact_checkpoint_is_one_error_naming_the_folder(run, capsys):
     path, run_dir = run
     for step in (4, 6):
-        _flip_bytes(_largest_array_file(run_dir / "checkpoints" / str(step)))
+        _flip_bytes(_largest_file(run_dir / "checkpoints" / str(step) / "state"))
     assert main(["run", str(path)]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and err[0].startswith("archzoo run: error: no intact checkpoint")
@@ -191,7 +191,7 @@ def test_an_unreadable_record_counts_as_corruption(tmp_path, capsys):
 
 
 FILE_CHANGES = {
-    "flipped bytes": lambda folder: _flip_bytes(_largest_array_file(folder)),
+    "flipped bytes": lambda folder: _flip_bytes(_largest_file(folder / "state")),
     "truncated manifest": lambda folder: _truncate(folder / "state" / "manifest.ocdbt"),
     "broken array metadata": lambda folder: _break_json(folder / "state" / "_METADATA"),
     "broken step metadata": lambda folder: _break_json(folder / "_CHECKPOINT_METADATA"),
@@ -229,7 +229,7 @@ def test_every_checkpoint_corrupted_raises_naming_the_folder(tmp_path):
 def test_corrupted_weights_are_refused_naming_the_folder_and_file(tmp_path):
     cfg = dict(d_model=32, attention={"num_heads": 4}, mlp={"d_ff": 64}, num_layers=2, vocab_size=256)
     save_weights(archzoo.build(**cfg, seed=1), tmp_path / "ckpt")
-    data = _flip_bytes(max((p for p in (tmp_path / "ckpt").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size))
+    data = _flip_bytes(_largest_file(tmp_path / "ckpt"))
     with pytest.raises(ValueError) as e:
         restore_weights(archzoo.build(**cfg, seed=2), tmp_path / "ckpt")
     name = data.relative_to(tmp_path / "ckpt").as_posix()
