@@ -61,9 +61,12 @@ class RunCheckpoints:
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        # what a kill during a save leaves behind (orbax's own cleanup would run in a thread)
+        # what a kill during a save or its record leaves behind (orbax's own cleanup would run
+        # in a thread, racing the restore)
         for name in ocp.step.tmp_checkpoints(self.directory):
             shutil.rmtree(self.directory / name)
+        for unfinished_record in self.directory.glob(f"*{RECORD_SUFFIX}.tmp"):
+            unfinished_record.unlink()
         self._sealer: threading.Thread | None = None
         self._sealer_error: BaseException | None = None
 

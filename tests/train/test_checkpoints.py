@@ -179,8 +179,12 @@ def test_an_unfinished_save_is_ignored_and_removed(tmp_path, capsys):
     # what a kill during orbax's save of step 4 leaves: the temporary folder, never renamed
     unfinished = tmp_path / "c" / "4.orbax-checkpoint-tmp-1234567890"
     shutil.copytree(tmp_path / "c" / "2", unfinished)
+    # and a kill while writing a record: its temporary file
+    half_record = tmp_path / "c" / "2.sha256.json.tmp"
+    half_record.write_text('{"files": {"_CHECKPOINT')
     restored = _restore(tmp_path / "c")
-    assert restored.step == 2 and not unfinished.exists() and capsys.readouterr().err == ""
+    assert restored.step == 2 and capsys.readouterr().err == ""
+    assert not unfinished.exists() and not half_record.exists()
 
 
 def test_an_unreadable_record_counts_as_corruption(tmp_path, capsys):
