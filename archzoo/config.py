@@ -303,8 +303,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Applies ``key.sub=value`` overrides to a nested mapping (in place) and returns it."""
-    for text in overrides:
+    """Applies ``key.sub=value`` overrides to a nested mapping (in place) and returns it.
+
+    Raises:
+      TypeError: ``overrides`` is not a list of strings (a lone string would read as characters).
+      ConfigError: an override is not ``key.sub=value`` or its value is not valid YAML.
+    """
+    expected = "overrides: expected a list of 'key.sub=value' strings"
+    if isinstance(overrides, str):
+        raise TypeError(f"{expected}, got the string {overrides!r} (write [{overrides!r}])")
+    if not isinstance(overrides, (list, tuple)):
+        raise TypeError(f"{expected}, got {overrides!r}")
+    for i, text in enumerate(overrides):
+        if not isinstance(text, str):
+            raise TypeError(f"overrides[{i}]: expected a 'key.sub=value' string, got {text!r}")
         path, value = parse_override(text)
         node = data
         for part in path[:-1]:

@@ -90,3 +90,43 @@ def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
     assert "line 2" in err and "Traceback" not in err
     assert main(["params", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"seed": "x"}, TypeError, "seed: expected an integer in [0, 2**32), got 'x'"),
+        ({"seed": 1.5}, TypeError, "seed: expected an integer in [0, 2**32), got 1.5"),
+        ({"seed": True}, TypeError, "seed: expected an integer in [0, 2**32), got True"),
+        ({"seed": 2**64}, ValueError, f"seed: must be in [0, 2**32) (JAX reads seeds modulo 2**32), got {2**64}"),
+        ({"seed": 2**32}, ValueError, f"seed: must be in [0, 2**32) (JAX reads seeds modulo 2**32), got {2**32}"),
+        ({"seed": -1}, ValueError, "seed: must be in [0, 2**32) (JAX reads seeds modulo 2**32), got -1"),
+        ({"config": 5}, TypeError, "config: expected a ModelConfig, a YAML file path, a mapping or None, got int 5"),
+        ({"overrides": "d_model=64"}, TypeError, "overrides: expected a list of 'key.sub=value' strings, got the string 'd_model=64' (write ['d_model=64'])"),
+        ({"overrides": ["d_model=64", 3]}, TypeError, "overrides[1]: expected a 'key.sub=value' string, got 3"),
+        ({"overrides": 7}, TypeError, "overrides: expected a list of 'key.sub=value' strings, got 7"),
+    ],
+)
+def test_build_arguments_are_checked_by_name(kwargs, error, message):
+    with pytest.raises(error) as e:
+        archzoo.build(**kwargs)
+    assert str(e.value) == message
+
+
+def test_seeds_past_2_to_the_32_would_repeat_smaller_ones():
+    # why build refuses them: JAX reads a seed modulo 2**32, so 2**32 and -1 are 0 and 2**32 - 1 again
+    import jax
+
+    same = lambda a, b: np.array_equal(jax.random.key_data(jax.random.key(a)), jax.random.key_data(jax.random.key(b)))
+    assert same(2**32, 0) and same(-1, 2**32 - 1) and not same(0, 2**32 - 1)
+    a, b = archzoo.build(seed=np.int64(2**32 - 1), d_model=32), archzoo.build(seed=2**32 - 1, d_model=32)
+    np.testing.assert_array_equal(a.embed.table[...], b.embed.table[...])
+
+
+def test_load_model_config_and_count_params_name_their_argument():
+    with pytest.raises(TypeError, match=r"^source: expected a ModelConfig, a YAML file path, a mapping or None, got list \[1\]$"):
+        archzoo.load_model_config([1])
+    with pytest.raises(TypeError, match=r"^config: expected a ModelConfig, a YAML file path, a mapping or None, got int 5$"):
+        archzoo.count_params(5)
+    with pytest.raises(TypeError, match=r"^overrides: expected a list of 'key.sub=value' strings, got the string 'num_layers=3'"):
+        archzoo.load_model_config(overrides="num_layers=3")

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from archzoo.models.config import ModelConfig, load_model_config
+from archzoo.models.config import ModelConfig, check_config_argument, check_seed, load_model_config
 from archzoo.models.decoder import Decoder
 from archzoo.models.encoder import Encoder
 from archzoo.models.encoder_decoder import EncoderDecoder
@@ -23,13 +23,20 @@ def build(config: ModelConfig | str | Path | dict | None = None, *, seed: int = 
 
     Args:
       config: a ModelConfig, a YAML path, a mapping, or None for the tiny default.
-      seed: initialisation seed.
+      seed: initialisation seed, an integer in ``[0, 2**32)``.
       overrides: ``key.sub=value`` strings.
       **kwargs: top-level config fields (``d_model=128``, ``attention={"num_heads": 8}``).
 
     Returns:
       the family's NNX module (Decoder, EncoderDecoder or Encoder) with ``.config``.
+
+    Raises:
+      TypeError, ValueError: naming the argument that is not a config source, a seed in
+        ``[0, 2**32)`` or a list of override strings.
+      ConfigError: naming the config key (and the file and line for YAML files).
     """
+    check_config_argument(config, "config")
+    seed = check_seed(seed, "seed")
     cfg = load_model_config(config, overrides, **kwargs)
     return FAMILIES[cfg.family](cfg, rngs=nnx.Rngs(params=seed))
 
@@ -59,6 +66,7 @@ def count_params(config: ModelConfig | str | Path | dict | nnx.Module) -> ParamC
     if isinstance(config, nnx.Module):
         model = config
     else:
+        check_config_argument(config, "config")
         cfg = load_model_config(config)
         model = nnx.eval_shape(lambda: FAMILIES[cfg.family](cfg, rngs=nnx.Rngs(params=0)))
     total = embedding = 0

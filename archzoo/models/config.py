@@ -7,6 +7,8 @@ is a YAML file over these fields under ``configs/models/``.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,7 +24,18 @@ from archzoo.layers.config import (
     RopeScaling,
 )
 
-__all__ = ["ModelConfig", "load_model_config", "AttentionConfig", "MlpConfig", "NormConfig", "PositionConfig", "RopeScaling", "EmbeddingConfig"]
+__all__ = [
+    "ModelConfig",
+    "load_model_config",
+    "check_config_argument",
+    "check_seed",
+    "AttentionConfig",
+    "MlpConfig",
+    "NormConfig",
+    "PositionConfig",
+    "RopeScaling",
+    "EmbeddingConfig",
+]
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,26 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+def check_seed(seed, argument: str) -> int:
+    """An initialisation seed as a Python int, refused (naming ``argument``) unless in [0, 2**32).
+
+    Without jax_enable_x64, ``jax.random.key`` reads a seed modulo 2**32, so 2**32 and -1 would
+    silently repeat 0 and 2**32 - 1.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{argument}: expected an integer in [0, 2**32), got {seed!r}")
+    seed = int(seed)  # a numpy integer as a Python int: `in range` would scan for it value by value
+    if seed not in range(2**32):
+        raise invalid(argument, f"must be in [0, 2**32) (JAX reads seeds modulo 2**32), got {seed}")
+    return seed
+
+
+def check_config_argument(value, argument: str) -> None:
+    """Refuses, naming ``argument``, anything that is not a model config source."""
+    if value is not None and not isinstance(value, (str, os.PathLike, dict, ModelConfig)):
+        raise TypeError(f"{argument}: expected a ModelConfig, a YAML file path, a mapping or None, got {type(value).__name__} {value!r}")
+
+
 def load_model_config(source: str | Path | dict | ModelConfig | None = None, overrides: list[str] = (), **kwargs) -> ModelConfig:
     """A :class:`ModelConfig` from a YAML file, a mapping or keyword arguments.
 
@@ -133,6 +166,7 @@ def load_model_config(source: str | Path | dict | ModelConfig | None = None, ove
     Raises:
       ConfigError: naming the key (and the file and line for YAML files).
     """
+    check_config_argument(source, "source")
     if isinstance(source, ModelConfig):
         if overrides or kwargs:
             source = to_dict(source)
@@ -147,6 +181,6 @@ def load_model_config(source: str | Path | dict | ModelConfig | None = None, ove
     if "model" in data and isinstance(data["model"], dict) and len(data) == 1:
         data = data["model"]
     data.update(kwargs)
-    apply_overrides(data, list(overrides))
+    apply_overrides(data, overrides)
     return from_dict(ModelConfig, data)
 

@@ -8,6 +8,7 @@ family and a size), so every run shares the corpus, tokenizer, objective and bud
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from typing import Literal
 from archzoo.config import ConfigError, _Located, apply_overrides, from_dict, invalid, load_yaml
 from archzoo.data.config import DataConfig
 from archzoo.features.pipeline import check_row_lengths
-from archzoo.models.config import ModelConfig
+from archzoo.models.config import ModelConfig, check_seed
 from archzoo.objectives import ObjectiveConfig
 from archzoo.train.optimizer import OptimizerConfig
 
@@ -84,6 +85,7 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise invalid(f"train.{name}", f"must be >= 1 or null, got {v}")
+        check_seed(self.seed, "train.seed")
 
 
 @dataclass(frozen=True)
@@ -162,11 +164,13 @@ def load_run_configs(path: str | Path, overrides: list[str] = ()) -> list[RunCon
     Raises:
       ConfigError: naming the key, the file and the line.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a YAML file path, got {type(path).__name__} {path!r}")
     path = Path(path)
     data = _load_with_base(path)
     runs = data.pop("runs", None)
     if runs is None:
-        return [from_dict(RunConfig, apply_overrides(data, list(overrides)))]
+        return [from_dict(RunConfig, apply_overrides(data, overrides))]
     if not isinstance(runs, list) or not runs:
         raise ConfigError(f"{path}: runs must be a non-empty list of per-run overrides")
     configs = []
@@ -174,7 +178,7 @@ def load_run_configs(path: str | Path, overrides: list[str] = ()) -> list[RunCon
         if not isinstance(run, dict) or "name" not in run:
             raise ConfigError(f"{path}: runs[{i}] must be a mapping with a name")
         merged = _merge(copy.deepcopy(data), run)
-        configs.append(from_dict(RunConfig, apply_overrides(merged, list(overrides))))
+        configs.append(from_dict(RunConfig, apply_overrides(merged, overrides)))
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must differ; got {names}")

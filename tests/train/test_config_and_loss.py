@@ -47,3 +47,23 @@ def test_z_loss_adds_the_mean_squared_log_partition():
     # the loss itself by hand
     target = np.take_along_axis(logits, batch["decoder_targets"][..., None], -1)[..., 0]
     np.testing.assert_allclose(float(plain), float(((log_z - target) * w).sum() / w.sum()), rtol=1e-5)
+
+
+def test_train_seed_is_one_jax_reads_as_itself(tmp_path):
+    path = tmp_path / "run.yaml"
+    for seed in (2**32, -1):
+        path.write_text(f"name: r\ntrain:\n  batch_size: 4\n  seed: {seed}\n")
+        with pytest.raises(ConfigError) as e:
+            load_run_configs(path)
+        assert str(e.value) == f"{path}, line 4: train.seed: must be in [0, 2**32) (JAX reads seeds modulo 2**32), got {seed}"
+    path.write_text("name: r\ntrain: {seed: 4294967295}\n")
+    assert load_run_configs(path)[0].train.seed == 2**32 - 1
+
+
+def test_load_run_configs_names_a_wrong_argument(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: r\n")
+    with pytest.raises(TypeError, match=r"^overrides: expected a list of 'key.sub=value' strings, got the string 'train.seed=1'"):
+        load_run_configs(path, "train.seed=1")
+    with pytest.raises(TypeError, match=r"^path: expected a YAML file path, got int 5$"):
+        load_run_configs(5)
