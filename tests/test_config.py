@@ -156,3 +156,19 @@ def test_a_post_init_error_names_the_whole_dotted_key_and_its_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_run_configs(path)
     assert str(e.value).startswith(f"{path}, line 7: model.attention.head_dim: RoPE needs an even head width")
+
+
+@pytest.mark.parametrize(
+    "scaling, key, valid",
+    [
+        ("{factor: 0}", "factor", "must be > 0"),
+        ("{low_freq_factor: 0}", "low_freq_factor", "must be > 0"),
+        ("{low_freq_factor: 4.0, high_freq_factor: 4.0}", "high_freq_factor", "must be more than rope_scaling.low_freq_factor=4.0"),
+        ("{original_max_position: 0}", "original_max_position", "must be >= 1"),
+    ],
+)
+def test_rope_scaling_that_the_llama3_formula_cannot_use(tmp_path, scaling, key, valid):
+    path = write(tmp_path, f"model:\n  position:\n    kind: rope\n    rope_scaling: {scaling}\n")
+    with pytest.raises(ConfigError) as e:
+        load_run_configs(path)
+    assert str(e.value).startswith(f"{path}, line 4: model.position.rope_scaling.{key}: {valid}")

@@ -114,6 +114,19 @@ class RopeScaling:
     high_freq_factor: float = 4.0
     original_max_position: int = 8192
 
+    def __post_init__(self):
+        for name in ("factor", "low_freq_factor"):
+            if not getattr(self, name) > 0:
+                raise invalid(f"rope_scaling.{name}", f"must be > 0, got {getattr(self, name)}")
+        if not self.high_freq_factor > self.low_freq_factor:
+            # the smooth interpolation divides by their difference
+            raise invalid(
+                "rope_scaling.high_freq_factor",
+                f"must be more than rope_scaling.low_freq_factor={self.low_freq_factor}, got {self.high_freq_factor}",
+            )
+        if self.original_max_position < 1:
+            raise invalid("rope_scaling.original_max_position", f"must be >= 1, got {self.original_max_position}")
+
 
 @dataclass(frozen=True)
 class PositionConfig:
