@@ -185,9 +185,13 @@ def _coerce(value: Any, tp: Any, key: str, data: Any, leaf: str) -> Any:
         raise ConfigError(f"{_where(data, leaf)}{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer past the largest float
+                number = math.inf
+            if not math.isfinite(number):
                 raise ConfigError(f"{_where(data, leaf)}{key}: expected a finite number, got {value!r}")
-            return float(value)
+            return number
         raise ConfigError(f"{_where(data, leaf)}{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

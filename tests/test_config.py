@@ -172,3 +172,10 @@ def test_rope_scaling_that_the_llama3_formula_cannot_use(tmp_path, scaling, key,
     with pytest.raises(ConfigError) as e:
         load_run_configs(path)
     assert str(e.value).startswith(f"{path}, line 4: model.position.rope_scaling.{key}: {valid}")
+
+
+def test_an_integer_too_large_for_a_float_is_refused_by_key(tmp_path):
+    path = write(tmp_path, "budget:\n  kind: flops\n  value: 1" + "0" * 400 + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_run_configs(path)
+    assert str(e.value).startswith(f"{path}, line 3: budget.value: expected a finite number, got 1000")
