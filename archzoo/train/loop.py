@@ -10,42 +10,29 @@ loss stops the run, naming the step, and keeps the last good checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import signal
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
 from archzoo.config import ConfigError
-from archzoo.features.packing import LOSS_STREAM, STREAMS
-from archzoo.data.bpe import build_tokenizer
-from archzoo.data.splits import load_splits
+from archzoo.features.packing import STREAMS
 from archzoo.models import build, count_params
-from archzoo.objectives import build_objective
 from archzoo.train.checkpoints import RunCheckpoints
 from archzoo.train.config import RunConfig, resolved
 from archzoo.train.flops import forward_flops_per_token, train_flops
 from archzoo.train.optimizer import learning_rate
-from archzoo.features.pipeline import Pipeline, auto_chunk_len, chunk_documents, validation_batches
+from archzoo.features.run_data import RunData, build_run_data
 from archzoo.train.rundir import MetricsWriter, hold_run_dir, prepare_run_dir, write_json
 from archzoo.train.step import make_eval_step, make_train_step, split_model
 
-__all__ = ["train", "TrainingError", "row_lengths"]
+__all__ = ["train", "TrainingError"]
 
 
 class TrainingError(RuntimeError):
     """A run that had to stop (non-finite loss); says where its last good checkpoint is."""
-
-
-def row_lengths(cfg: RunConfig) -> dict[str, int]:
-    """Row length of each stream of the run's family."""
-    t = cfg.train
-    if cfg.model.family == "encoder_decoder":
-        return {"encoder": t.encoder_len or t.seq_len, "decoder": t.decoder_len or t.seq_len}
-    return {STREAMS[cfg.model.family][0]: t.seq_len}
 
 
 def _budget_spent(kind: str, counters: dict) -> float:
@@ -63,15 +50,77 @@ def _trim_to_target_budget(batch: dict, stream: str, allowed: int) -> dict:
     return batch
 
 
-def _target_bytes(batches: list[dict], stream: str, tokenizer, special) -> int:
-    """UTF-8 bytes of the target text of validation batches (for bits per byte)."""
-    total = 0
-    for b in batches:
-        for tokens, weights, segs in zip(b[f"{stream}_targets"], b[f"{stream}_weights"], b[f"{stream}_segment_ids"]):
-            for s in np.unique(segs[segs > 0]):
-                ids = [int(t) for t, w, g in zip(tokens, weights, segs) if g == s and w > 0 and not special.is_special(int(t))]
-                total += tokenizer.num_bytes(tokenizer.decode(ids)) if ids else 0
-    return total
+def _advance(counters: dict, batch: dict, cfg: RunConfig, stream: str) -> tuple[dict, int]:
+    """The budget counters after one step on ``batch``, and the tokens it processed."""
+    tokens = int(sum(np.count_nonzero(batch[f"{s}_segment_ids"]) for s in STREAMS[cfg.model.family]))
+    micro_batches = ({k: v[a] for k, v in batch.items()} for a in range(cfg.optimizer.accumulation_steps))
+    counters = {
+        "step": counters["step"] + 1,
+        "target_tokens": counters["target_tokens"] + int(np.count_nonzero(batch[f"{stream}_weights"])),
+        "tokens": counters["tokens"] + tokens,
+        "flops": counters["flops"] + sum(train_flops(cfg.model, b) for b in micro_batches),
+    }
+    return counters, tokens
+
+
+def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
+    """``facts.json``: what a plot or a fit needs to know about the run besides its metrics."""
+    family, lengths = cfg.model.family, data.lengths
+    context = lengths.get("decoder", lengths.get("encoder"))
+    memory = lengths["encoder"] if family == "encoder_decoder" else 0
+    # training FLOPs per token of the stream with the loss (decoder tokens of an encoder-decoder)
+    flops_per_token = 3 * forward_flops_per_token(cfg.model, stream=data.loss_stream, context=context, memory=memory)
+    facts = {
+        "family": family,
+        "mask": cfg.model.mask,
+        "objective": cfg.objective.name,
+        "params": n.total,
+        "non_embedding_params": n.non_embedding,
+        "active_params": n.total,
+        "flops_per_token": flops_per_token,
+    }
+    if family == "encoder_decoder":
+        facts["flops_per_encoder_token"] = 3 * forward_flops_per_token(cfg.model, stream="encoder", context=lengths["encoder"])
+    facts.update(
+        vocab_size=data.tokenizer.vocab_size,
+        # every training row starts with this token (decoders: before inputs ++ targets); a
+        # prompt for generation should start with it too
+        start_id=data.special.pad,
+        row_lengths=lengths,
+        chunk_len=data.chunk_len,
+        budget={"kind": cfg.budget.kind, "value": cfg.budget.value},
+    )
+    return facts
+
+
+def _progress_bar(cfg: RunConfig, counters: dict, progress: bool | None):
+    if not (progress if progress is not None else cfg.train.progress):
+        return None
+    from tqdm import tqdm
+
+    budget = cfg.budget
+    return tqdm(
+        total=budget.value,
+        initial=_budget_spent(budget.kind, counters),
+        desc=cfg.name,
+        unit=budget.kind.replace("_", " "),
+        dynamic_ncols=True,
+        leave=True,
+        mininterval=1.0,
+    )
+
+
+def _non_finite_error(cfg: RunConfig, step: int, loss: float, grad_norm: float, last_checkpoint: int | None) -> TrainingError:
+    checkpoints = cfg.run_dir / "checkpoints"
+    if last_checkpoint is not None:
+        where = f"the last good checkpoint is step {last_checkpoint} in {checkpoints}"
+    else:
+        where = "no checkpoint was saved before it"
+    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
+    return TrainingError(
+        f"{cfg.name}: {what} at step {step}; {where}. The same command would replay it exactly: "
+        "change the config (lower optimizer.lr, check the data) and rerun with --overwrite"
+    )
 
 
 def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = None) -> dict:
@@ -96,35 +145,16 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
 
 def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     """:func:`train`, once this process holds the run directory."""
-    run_dir = cfg.run_dir
+    run_dir, budget, family = cfg.run_dir, cfg.budget, cfg.model.family
     wall_start = time.perf_counter()
     if jax.process_count() > 1:
         raise ConfigError("archzoo run trains on one process; multi-host training (a mesh over several processes) is not wired into the loop yet")
 
-    # -- data: corpus -> tokenizer -> objective -> converter -> packed batches -----------------
-    splits = load_splits(cfg.data)
-    # The tokenizer sees every training document; each process then reads its own shard.
-    tokenizer = build_tokenizer(cfg.data.tokenizer, splits.train)
-    splits = splits.shard(jax.process_index(), jax.process_count())
-    special = tokenizer.special
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}); raise model.vocab_size")
-    objective_cfg = cfg.objective
-    if objective_cfg.name == "mlm" and objective_cfg.mlm.vocab_size is None:
-        objective_cfg = dataclasses.replace(objective_cfg, mlm=dataclasses.replace(objective_cfg.mlm, vocab_size=tokenizer.vocab_size))
-    objective = build_objective(objective_cfg, special)
-    # Only now, with the config checked against the data, does the run directory take it.
+    # -- data, checked against the config before the run directory takes it ----------------------
+    data = build_run_data(cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps)
     resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite)
-    lengths = row_lengths(cfg)
-    chunk_len = cfg.train.chunk_len or auto_chunk_len(cfg.objective.name, min(lengths.values()))
-    family = cfg.model.family
-    train_chunks = chunk_documents([np.asarray(t, np.int32) for t in tokenizer.encode_batch(splits.train)], chunk_len)
-    val_chunks = chunk_documents([np.asarray(t, np.int32) for t in tokenizer.encode_batch(splits.validation)], chunk_len)
-    pipeline = Pipeline(train_chunks, objective, family, lengths, cfg.train.batch_size, cfg.optimizer.accumulation_steps, special.pad, cfg.data.seed)
-    stream = LOSS_STREAM[family]
-    val = validation_batches(val_chunks, objective, family, lengths, cfg.train.batch_size, special.pad, cfg.data.seed, cfg.train.eval_examples)
-    val_bytes = _target_bytes(val, stream, tokenizer, special)
-    tokenizer.save(run_dir / tokenizer.file_name)
+    data.tokenizer.save(run_dir / data.tokenizer.file_name)
+    pipeline, stream = data.pipeline, data.loss_stream
 
     # -- model and optimizer --------------------------------------------------------------------
     model = build(cfg.model, seed=cfg.train.seed)
@@ -133,26 +163,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     eval_step = make_eval_step(graphdef)
     opt_state = tx.init(params)
     n = count_params(model)
-    context = lengths.get("decoder", lengths.get("encoder"))
-    facts = {
-        "family": family,
-        "mask": cfg.model.mask,
-        "objective": cfg.objective.name,
-        "params": n.total,
-        "non_embedding_params": n.non_embedding,
-        "active_params": n.total,
-        # training FLOPs per token of the stream with the loss (decoder tokens of an encoder-decoder)
-        "flops_per_token": 3 * forward_flops_per_token(cfg.model, stream=stream, context=context, memory=lengths.get("encoder", 0) if family == "encoder_decoder" else 0),
-        **({"flops_per_encoder_token": 3 * forward_flops_per_token(cfg.model, stream="encoder", context=lengths["encoder"])} if family == "encoder_decoder" else {}),
-        "vocab_size": tokenizer.vocab_size,
-        # every training row starts with this token (decoders: before inputs ++ targets); a
-        # prompt for generation should start with it too
-        "start_id": special.pad,
-        "row_lengths": lengths,
-        "chunk_len": chunk_len,
-        "budget": {"kind": cfg.budget.kind, "value": cfg.budget.value},
-    }
-    write_json(run_dir / "facts.json", facts)
+    write_json(run_dir / "facts.json", _run_facts(cfg, data, n))
 
     counters = {"step": 0, "target_tokens": 0, "tokens": 0, "flops": 0.0}
     manager = RunCheckpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
@@ -168,23 +179,18 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         manager.save(step, {"params": params, "opt_state": opt_state}, {"counters": counters, "pipeline": pipeline.state()})
 
     def evaluate() -> dict:
-        if not val:
+        if not data.validation:
             return {}
         loss_sum = tokens = 0.0
-        for b in val:
+        for b in data.validation:
             s, t = eval_step(params, rest, b)
             loss_sum, tokens = loss_sum + float(s), tokens + float(t)
         loss = loss_sum / max(tokens, 1.0)
-        return {"val_loss_nats": loss, "val_bits_per_byte": loss_sum / math.log(2) / max(val_bytes, 1)}
+        return {"val_loss_nats": loss, "val_bits_per_byte": loss_sum / math.log(2) / max(data.validation_bytes, 1)}
 
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    budget = cfg.budget
-    bar = None
-    if progress if progress is not None else cfg.train.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=budget.value, initial=_budget_spent(budget.kind, counters), desc=cfg.name, unit=budget.kind.replace("_", " "), dynamic_ncols=True, leave=True, mininterval=1.0)
+    bar = _progress_bar(cfg, counters, progress)
     last_eval: dict = {}
     try:
         # -- the loop -------------------------------------------------------------------------------
@@ -199,29 +205,14 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
             seconds = time.perf_counter() - t0
             step = counters["step"] + 1
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                last = manager.latest_step()
-                where = f"the last good checkpoint is step {last} in {run_dir / 'checkpoints'}" if last is not None else "no checkpoint was saved before it"
-                what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
-                raise TrainingError(
-                    f"{cfg.name}: {what} at step {step}; {where}. The same command would replay it exactly: "
-                    "change the config (lower optimizer.lr, check the data) and rerun with --overwrite"
-                )
-            tokens = int(sum(np.count_nonzero(batch[f"{s}_segment_ids"]) for s in STREAMS[family]))
-            flops = sum(train_flops(cfg.model, {k: v[a] for k, v in batch.items()}) for a in range(cfg.optimizer.accumulation_steps))
-            counters = {
-                "step": step,
-                "target_tokens": counters["target_tokens"] + int(np.count_nonzero(batch[f"{stream}_weights"])),
-                "tokens": counters["tokens"] + tokens,
-                "flops": counters["flops"] + flops,
-            }
+                raise _non_finite_error(cfg, step, loss, grad_norm, manager.latest_step())
+            counters, tokens = _advance(counters, batch, cfg, stream)
             record = {
                 "step": step,
                 "loss_nats": loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
-                "target_tokens": counters["target_tokens"],
-                "tokens": counters["tokens"],
-                "flops": counters["flops"],
+                **{k: counters[k] for k in ("target_tokens", "tokens", "flops")},
                 "tokens_per_s": tokens / seconds,
             }
             # A SIGTERM ends the run at this step: scored, logged and saved like the last one.
@@ -259,7 +250,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         "flops": counters["flops"],
         "budget": {"kind": budget.kind, "value": budget.value},
         "stopped_by": "sigterm" if stop["sigterm"] else "budget",
-        **({k: v for k, v in last_eval.items()} if last_eval else {}),
+        **last_eval,
         "wall_seconds": time.perf_counter() - wall_start,
     }
     write_json(run_dir / "summary.json", summary)
