@@ -192,6 +192,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
     bar = _progress_bar(cfg, counters, progress)
     last_eval: dict = {}
+    stopped_by, val_step = None, None
     try:
         # -- the loop -------------------------------------------------------------------------------
         while _budget_spent(budget.kind, counters) < budget.value:
@@ -215,23 +216,25 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
                 **{k: counters[k] for k in ("target_tokens", "tokens", "flops")},
                 "tokens_per_s": tokens / seconds,
             }
-            # A SIGTERM ends the run at this step: scored, logged and saved like the last one.
-            stopping = stop["sigterm"]
-            done = _budget_spent(budget.kind, counters) >= budget.value or stopping
-            if step % cfg.train.eval_every == 0 or done:
-                last_eval = evaluate()
-                record.update(last_eval)
+            # A SIGTERM ends the run at this step: saved, and scored for the summary. Its metrics
+            # lines are the ones an uninterrupted run writes, so a resumed run's file equals one.
+            done = _budget_spent(budget.kind, counters) >= budget.value
+            stopped_by = "sigterm" if stop["sigterm"] and not done else None  # at the last step: the budget
+            if step % cfg.train.eval_every == 0 or done or stopped_by:
+                last_eval, val_step = evaluate(), step
+                if not stopped_by or step % cfg.train.eval_every == 0:
+                    record.update(last_eval)
             if step % cfg.train.log_every == 0 or done or "val_loss_nats" in record:
                 writer.write(record)
-            if step % cfg.train.checkpoint_every == 0 or done:
+            if step % cfg.train.checkpoint_every == 0 or done or stopped_by:
                 save(step)
             if bar is not None:
                 bar.update(_budget_spent(budget.kind, counters) - bar.n)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / seconds:,.0f}", refresh=False)
-            if stopping:
+            if stopped_by:
                 break
         if not last_eval:  # resumed at the end (or never stepped): score the final weights
-            last_eval = evaluate()
+            last_eval, val_step = evaluate(), counters["step"]
     finally:
         signal.signal(signal.SIGTERM, previous)
         manager.close()
@@ -249,8 +252,9 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         "tokens": counters["tokens"],
         "flops": counters["flops"],
         "budget": {"kind": budget.kind, "value": budget.value},
-        "stopped_by": "sigterm" if stop["sigterm"] else "budget",
+        "stopped_by": stopped_by or "budget",
         **last_eval,
+        "val_step": val_step if last_eval else None,  # the step the validation numbers are from
         "wall_seconds": time.perf_counter() - wall_start,
     }
     write_json(run_dir / "summary.json", summary)

@@ -105,8 +105,12 @@ def test_sigkill_then_resume_ends_bitwise_equal(tmp_path):
     assert metrics(run_dir) == metrics(reference.run_dir)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path):
-    path = config(tmp_path, name="term", budget="{kind: steps, value: 100000}")
+@pytest.mark.slow
+def test_sigterm_saves_at_the_step_under_way_exits_143_and_resumes_to_the_uninterrupted_run(tmp_path):
+    budget = "{kind: steps, value: 40}"
+    reference = load_run_configs(config(tmp_path, name="ref", budget=budget))[0]
+    train(reference)
+    path = config(tmp_path, name="term", budget=budget)
     proc = _run_cli([str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run_dir = tmp_path / "runs" / "term"
     deadline = time.time() + 120
@@ -115,9 +119,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["stopped_by"] == "sigterm"
+    assert summary["stopped_by"] == "sigterm" and summary["steps"] < 40, "the signal must land mid-run"
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps[-1] == summary["steps"]
+    assert steps[-1] == summary["steps"] == summary["val_step"]
+    # the stop wrote no line an uninterrupted run would not write, so the resumed run ends equal
+    assert main(["run", str(path)]) == 0
+    assert metrics(run_dir) == metrics(reference.run_dir)
 
 
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
