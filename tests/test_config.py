@@ -121,10 +121,13 @@ def test_out_of_range_values_name_key_file_and_line(tmp_path, text, key, line, v
         ("decoder", "{kind: t5_bias, num_buckets: 32, max_distance: 16}", "max_distance", 3, "more than 16"),
         ("encoder_decoder", "{kind: t5_bias, num_buckets: 32, max_distance: 0}", "max_distance", 3, "more than 16"),
         ("encoder", "{kind: t5_bias, num_buckets: 32, max_distance: 8}", "max_distance", 3, "more than 8"),
+        # a prefix decoder's stack reads buckets both ways, so it needs the encoder's minimum
+        ("decoder, mask: prefix", "{kind: t5_bias, num_buckets: 3}", "num_buckets", 4, "at least 4"),
     ],
 )
 def test_t5_buckets_are_checked_for_the_family(tmp_path, family, position, key, line, valid):
-    objective = "mlm" if family == "encoder" else "causal_lm" if family == "decoder" else "span_corruption"
+    objective = "mlm" if family == "encoder" else "span_corruption" if family == "encoder_decoder" else "causal_lm"
+    family = family.replace(", ", "\n  ")
     path = write(tmp_path, f"model:\n  family: {family}\n  position: {position}\nobjective: {{name: {objective}}}\n")
     with pytest.raises(ConfigError) as e:
         load_run_configs(path)
@@ -134,9 +137,11 @@ def test_t5_buckets_are_checked_for_the_family(tmp_path, family, position, key, 
 
 def test_the_smallest_accepted_t5_tables_give_buckets_in_range():
     # each stack's buckets stay inside the table and grow with distance on each side
-    for family, buckets, distance in (("decoder", 2, 2), ("encoder", 4, 2), ("encoder_decoder", 4, 3)):
-        cfg = archzoo.load_model_config(family=family, d_model=32, position={"kind": "t5_bias", "num_buckets": buckets, "max_distance": distance})
-        stacks = {"decoder": [False], "encoder": [True], "encoder_decoder": [True, False]}[family]
+    cases = (("decoder", "causal", 2, 2), ("decoder", "prefix", 4, 2), ("encoder", "causal", 4, 2), ("encoder_decoder", "causal", 4, 3))
+    for family, mask, buckets, distance in cases:
+        position = {"kind": "t5_bias", "num_buckets": buckets, "max_distance": distance}
+        cfg = archzoo.load_model_config(family=family, mask=mask, d_model=32, position=position)
+        stacks = {"decoder": [mask == "prefix"], "encoder": [True], "encoder_decoder": [True, False]}[family]
         relative = np.arange(-40, 41)
         for bidirectional in stacks:
             got = np.asarray(relative_position_bucket(jnp.asarray(relative), bidirectional=bidirectional, num_buckets=cfg.position.num_buckets, max_distance=cfg.position.max_distance))

@@ -109,18 +109,47 @@ class ModelConfig:
 
     def _check_relative_buckets(self):
         """T5 buckets (Raffel et al. 2020): half hold exact distances, half grow logarithmically up
-        to max_distance; an encoder's bidirectional stack first splits them between past and future.
-        Each stack needs one exact bucket and a max_distance past its exact ones."""
+        to max_distance; a stack that reads them both ways first splits them between past and
+        future. Each stack needs one exact bucket and a max_distance past its exact ones."""
         n, distance = self.position.num_buckets, self.position.max_distance
-        per_direction = {"decoder": (n,), "encoder": (n // 2,), "encoder_decoder": (n // 2, n)}[self.family]
-        bidirectional = self.family != "decoder"
+        # buckets per direction of each stack: an encoder-decoder's encoder reads both ways, its decoder one
+        if self.family == "encoder_decoder":
+            per_direction = (n // 2, n)
+        else:
+            per_direction = (n // 2,) if self.family == "encoder" or self.sees_later_keys else (n,)
+        bidirectional = min(per_direction) < n
         minimum = 4 if bidirectional else 2
         if n < minimum:
-            split = ", split between past and future in the encoder" if bidirectional else ""
-            raise invalid("position.num_buckets", f"a {self.family} needs at least {minimum} (half exact distances, half logarithmic{split}), got {n}")
+            split = ", split between past and future" if bidirectional else ""
+            raise invalid(
+                "position.num_buckets",
+                f"{self._stack_name} needs at least {minimum} "
+                f"(half exact distances, half logarithmic{split}), got {n}",
+            )
         max_exact = max(per_direction) // 2
         if distance <= max_exact:
-            raise invalid("position.max_distance", f"must be more than {max_exact}, the largest distance with a bucket of its own (num_buckets={n}), got {distance}")
+            raise invalid(
+                "position.max_distance",
+                f"must be more than {max_exact}, the largest distance with a bucket of its own "
+                f"(num_buckets={n}), got {distance}",
+            )
+
+    @property
+    def _stack_name(self) -> str:
+        if self.family == "decoder":
+            return "a prefix decoder" if self.sees_later_keys else "a causal decoder"
+        return "an encoder" if self.family == "encoder" else "an encoder-decoder"
+
+    @property
+    def sees_later_keys(self) -> bool:
+        """Whether a decoder's mask can let a query see a key at a later position: a prefix mask
+        does inside the prefix, unless a sliding window keeps every key in the past.
+
+        Such a stack reads T5 relative buckets both ways, the whole stack alike, as Mesh
+        TensorFlow's prefix LM does (``bidirectional = not fully_autoregressive``); a causal stack
+        keeps one-way buckets (the T5 decoder's).
+        """
+        return self.mask == "prefix" and self.attention.sliding_window is None
 
     @property
     def head_dim(self) -> int:

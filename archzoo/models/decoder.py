@@ -3,7 +3,7 @@
 One class. Causal or prefix is only the mask: ``mask: causal`` builds ``causal & same_segment``,
 ``mask: prefix`` builds ``prefix & same_segment`` (tokens with ``is_input`` see each other
 bidirectionally). A prefix decoder on a batch with no ``is_input`` token is the causal decoder,
-except that with T5 relative bias its stack reads buckets both ways (:func:`sees_later_keys`).
+except that with T5 relative bias its stack reads buckets both ways (``ModelConfig.sees_later_keys``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from archzoo.masks import Mask, TokenFacts
 from archzoo.models.base import LanguageModel
 from archzoo.models.cache import KVCache, empty_facts, write_facts
 from archzoo.models.config import ModelConfig
-from archzoo.models.self_attention import sees_later_keys, self_attention_mask
+from archzoo.models.self_attention import self_attention_mask
 from archzoo.models.stack import Stack
 
 __all__ = ["Decoder"]
@@ -26,7 +26,7 @@ class Decoder(LanguageModel):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self._init_embedding(cfg, rngs)
-        self.stack = Stack(cfg, cfg.num_layers, cross=False, bidirectional=sees_later_keys(cfg), rngs=rngs)
+        self.stack = Stack(cfg, cfg.num_layers, cross=False, bidirectional=cfg.sees_later_keys, rngs=rngs)
 
     def __call__(self, tokens, facts: TokenFacts | None = None, *, cache: KVCache | None = None, mask: Mask | None = None):
         """Logits for a batch of token ids.

@@ -7,7 +7,7 @@ from archzoo import masks
 from archzoo.masks import Mask, TokenFacts
 from archzoo.models.config import ModelConfig
 
-__all__ = ["self_attention_mask", "sees_later_keys"]
+__all__ = ["self_attention_mask"]
 
 
 def self_attention_mask(cfg: ModelConfig, q: TokenFacts, k: TokenFacts | None = None, *, bidirectional: bool = False) -> Mask:
@@ -24,14 +24,3 @@ def self_attention_mask(cfg: ModelConfig, q: TokenFacts, k: TokenFacts | None = 
         if cfg.attention.sliding_window is not None:
             mask = mask & masks.sliding_window(cfg.attention.sliding_window, q, k)
     return mask & masks.same_segment(q, k)
-
-
-def sees_later_keys(cfg: ModelConfig) -> bool:
-    """Whether a decoder's mask can let a query see a key at a later position: a prefix mask
-    does inside the prefix, unless a sliding window keeps every key in the past.
-
-    Such a stack reads T5 relative buckets both ways, the whole stack alike, as Mesh
-    TensorFlow's prefix LM does (``bidirectional = not fully_autoregressive``); a causal stack
-    keeps one-way buckets (the T5 decoder's).
-    """
-    return cfg.mask == "prefix" and cfg.attention.sliding_window is None
