@@ -67,6 +67,7 @@ class RunCheckpoints:
             shutil.rmtree(self.directory / name)
         for unfinished_record in self.directory.glob(f"*{RECORD_SUFFIX}.tmp"):
             unfinished_record.unlink()
+        self._drop_orphan_records()
         self._sealer: threading.Thread | None = None
         self._sealer_error: BaseException | None = None
 
@@ -96,11 +97,14 @@ class RunCheckpoints:
             if self._step_folder(step).is_dir():
                 write_record(self._step_folder(step))
             # orbax deletes folders past ``keep`` but knows nothing of their records
-            for record in self.directory.glob("*" + RECORD_SUFFIX):
-                if not record.with_name(record.name.removesuffix(RECORD_SUFFIX)).is_dir():
-                    record.unlink()
+            self._drop_orphan_records()
         except BaseException as e:  # raised again in the main thread
             self._sealer_error = e
+
+    def _drop_orphan_records(self) -> None:
+        for record in self.directory.glob("*" + RECORD_SUFFIX):
+            if not record.with_name(record.name.removesuffix(RECORD_SUFFIX)).is_dir():
+                record.unlink()
 
     def _wait_for_seal(self) -> None:
         if self._sealer is not None:
@@ -129,17 +133,23 @@ class RunCheckpoints:
         while target.exists():
             target, n = corrupted / f"{step}.{n}", n + 1
         folder = self._step_folder(step)
+        # The folder first: a kill between the two renames leaves a record with no folder (removed
+        # when the folder is next opened), never a bad folder without its record.
+        folder.rename(target)
         if record_path(folder).exists():
             record_path(folder).rename(record_path(target))
-        folder.rename(target)
         return target
 
     def _restore(self, step: int, template: dict):
         """The checkpoint of ``step`` read back, or why it cannot be."""
+        verified = record_path(self._step_folder(step)).exists()
         problem = self._problem(step)
         if problem is not None:
             return None, problem
         args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
+        if verified:  # its files are as saved: a failure here is not corruption, and is raised
+            restored = self._manager.restore(step, args=args)
+            return Restored(step, restored.state, restored.meta), None
         try:
             restored = self._manager.restore(step, args=args)
         except Exception as e:  # a folder without a record may be broken anywhere

@@ -237,10 +237,10 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
             last_eval, val_step = evaluate(), counters["step"]
     finally:
         signal.signal(signal.SIGTERM, previous)
-        manager.close()
-        writer.close()
         if bar is not None:
             bar.close()
+        writer.close()
+        manager.close()  # last: a failed save in flight raises here, after the rest is closed
 
     summary = {
         "name": cfg.name,

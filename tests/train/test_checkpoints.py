@@ -238,3 +238,47 @@ def test_corrupted_weights_are_refused_naming_the_folder_and_file(tmp_path):
         restore_weights(archzoo.build(**cfg, seed=2), tmp_path / "ckpt")
     name = data.relative_to(tmp_path / "ckpt").as_posix()
     assert str(tmp_path / "ckpt") in str(e.value) and f"{name} differs from its recorded sha256" in str(e.value)
+
+
+def _tiny_state(width: int) -> dict:
+    return {"w": np.arange(width, dtype=np.float32), "b": np.ones((2,), np.float32)}
+
+
+def test_a_verified_checkpoint_that_orbax_cannot_read_is_an_error_not_corruption(tmp_path):
+    # its files match the record, so a restore failure (here: a template with another tree) is the
+    # caller's, and the checkpoint stays where it is
+    checkpoints = RunCheckpoints(tmp_path / "checkpoints", keep=2)
+    checkpoints.save(1, _tiny_state(4), {"step": 1})
+    checkpoints.close()
+    reopened = RunCheckpoints(tmp_path / "checkpoints", keep=2)
+    with pytest.raises(Exception) as e:
+        reopened.restore_latest({"w": np.zeros((4,), np.float32), "c": np.zeros((2,), np.float32)})
+    assert not isinstance(e.value, CheckpointError)
+    assert (tmp_path / "checkpoints" / "1").is_dir() and not (tmp_path / "checkpoints" / "corrupted").exists()
+    reopened.close()
+
+
+def test_a_kill_between_the_two_renames_of_a_corrupted_checkpoint_never_leaves_it_unrecorded(tmp_path, monkeypatch):
+    checkpoints = RunCheckpoints(tmp_path / "checkpoints", keep=3)
+    for step in (1, 2):
+        checkpoints.save(step, _tiny_state(4), {"step": step})
+    checkpoints.close()
+    _flip_bytes(_largest_file(tmp_path / "checkpoints" / "2" / "state"))
+    renamed = []
+    real_rename = Path.rename
+
+    def rename_then_die(self, target):
+        real_rename(self, target)
+        renamed.append(self.name)
+        raise KeyboardInterrupt  # the process dies after the first rename
+
+    monkeypatch.setattr(Path, "rename", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        RunCheckpoints(tmp_path / "checkpoints", keep=3).restore_latest(_tiny_state(4))
+    monkeypatch.undo()
+    # whatever was moved first, step 2 must not be left in place without its record
+    folder = tmp_path / "checkpoints" / "2"
+    assert not folder.exists() or (tmp_path / "checkpoints" / "2.sha256.json").exists(), renamed
+    reopened = RunCheckpoints(tmp_path / "checkpoints", keep=3)
+    assert reopened.restore_latest(_tiny_state(4)).step == 1
+    reopened.close()
