@@ -45,7 +45,9 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Located:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, typing.Hashable):
-            raise yaml.constructor.ConstructorError(None, None, f"a key must be a name, got {key!r}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a name, got {key!r}", key_node.start_mark
+            )
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.lines[key] = key_node.start_mark.line + 1
     return mapping
@@ -103,7 +105,9 @@ def load_yaml(path: str | Path) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
     try:
         data = _parse(text, str(path))
     except yaml.YAMLError as e:
@@ -112,7 +116,9 @@ def load_yaml(path: str | Path) -> dict:
         data = _Located()
         data.lines, data.file = {}, str(path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys to values, got {type(data).__name__}"
+        )
     return data
 
 
@@ -162,7 +168,9 @@ def _coerce(value: Any, tp: Any, key: str, data: Any, leaf: str) -> Any:
         if value not in choices:
             hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{_where(data, leaf)}{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{extra}")
+            raise ConfigError(
+                f"{_where(data, leaf)}{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}{extra}"
+            )
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
@@ -173,7 +181,9 @@ def _coerce(value: Any, tp: Any, key: str, data: Any, leaf: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{_where(data, leaf)}{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(
+                f"{_where(data, leaf)}{key}: expected a mapping of {tp.__name__} fields, got {value!r}"
+            )
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is bool:
         if isinstance(value, bool):
@@ -222,7 +232,9 @@ def from_dict(cls: type, data: dict, *, prefix: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"{_where(data, key)}unknown key {prefix}{key!r} in {cls.__name__}{_suggest(str(key), fields, hints, prefix)}")
+            raise ConfigError(
+                f"{_where(data, key)}unknown key {prefix}{key!r} in {cls.__name__}{_suggest(str(key), fields, hints, prefix)}"
+            )
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", data, key)
     try:
         return cls(**kwargs)
@@ -233,7 +245,12 @@ def from_dict(cls: type, data: dict, *, prefix: str = ""):
 def _suggest(key: str, fields: dict, hints: dict, prefix: str) -> str:
     """The likeliest meant key: the same name one level down (num_heads under attention), then a
     close spelling at this level, then a close spelling one level down."""
-    nested = {f"{name}.{sub.name}": sub.name for name in fields if dataclasses.is_dataclass(hints[name]) for sub in dataclasses.fields(hints[name])}
+    nested = {
+        f"{name}.{sub.name}": sub.name
+        for name in fields
+        if dataclasses.is_dataclass(hints[name])
+        for sub in dataclasses.fields(hints[name])
+    }
     exact = [path for path, sub in nested.items() if sub == key]
     if exact:
         return f"; did you mean {prefix}{exact[0]}?"

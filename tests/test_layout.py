@@ -26,8 +26,13 @@ def test_models_layers_and_masks_never_import_data_train_or_cli(module):
     assert not above, above
 
 
-def test_the_top_level_names_resolve_lazily():
+def test_the_top_level_names_are_the_objects_their_modules_define():
+    import importlib
+
     import archzoo
 
     for name in archzoo.__all__:
-        assert getattr(archzoo, name) is not None, name
+        if name in archzoo._SUBMODULES:
+            assert getattr(archzoo, name) is importlib.import_module(f"archzoo.{name}")
+        else:
+            assert getattr(archzoo, name) is getattr(importlib.import_module(archzoo._EXPORTS[name]), name), name

@@ -15,7 +15,15 @@ from archzoo.data.config import DataConfig
 from archzoo.data.embedded import embedded_documents
 from archzoo.data.loaders import DataError, read_documents
 
-__all__ = ["Splits", "permutation", "shuffle_documents", "shard_documents", "split_validation", "load_documents", "load_splits"]
+__all__ = [
+    "Splits",
+    "permutation",
+    "shuffle_documents",
+    "shard_documents",
+    "split_validation",
+    "load_documents",
+    "load_splits",
+]
 
 T = TypeVar("T")
 
@@ -46,7 +54,9 @@ class Splits:
           DataError: fewer training documents than processes.
         """
         if process_count > len(self.train):
-            raise DataError(f"{len(self.train)} training documents cannot feed {process_count} processes; use a larger corpus or fewer processes")
+            raise DataError(
+                f"{len(self.train)} training documents cannot feed {process_count} processes; use a larger corpus or fewer processes"
+            )
         return Splits(
             train=tuple(shard_documents(self.train, process_index, process_count)),
             validation=tuple(shard_documents(self.validation, process_index, process_count)),
@@ -64,7 +74,9 @@ def permutation(n: int, seed: int) -> list[int]:
       The indices ``0..n-1`` sorted by a keyed hash of ``(seed, index)``.
     """
     key = struct.pack("<q", seed)
-    return sorted(range(n), key=lambda i: hashlib.blake2b(struct.pack("<q", i), digest_size=8, key=key).digest())
+    return sorted(
+        range(n), key=lambda i: hashlib.blake2b(struct.pack("<q", i), digest_size=8, key=key).digest()
+    )
 
 
 def shuffle_documents(documents: Sequence[T], seed: int) -> list[T]:
@@ -132,8 +144,14 @@ def _split_one_document(text: str, fraction: float, source: str) -> Splits:
         newline = text.rfind("\n", 0, max(goal - 1, 0))
     train, held_out = text[: newline + 1], text[newline + 1 :]
     if newline < 0 or not (_usable(train) and _usable(held_out)):
-        why = "has no line break to cut at" if newline < 0 else "cannot be cut at a line break into two parts that both hold text"
-        raise DataError(f"{source}: the corpus is one document, whose last lines validation_fraction={fraction} would hold out, but it {why}; {_HOW_TO_SPLIT}")
+        why = (
+            "has no line break to cut at"
+            if newline < 0
+            else "cannot be cut at a line break into two parts that both hold text"
+        )
+        raise DataError(
+            f"{source}: the corpus is one document, whose last lines validation_fraction={fraction} would hold out, but it {why}; {_HOW_TO_SPLIT}"
+        )
     return Splits(train=(train,), validation=(held_out,))
 
 
@@ -173,12 +191,16 @@ def split_validation(
     if k >= n:
         asked = f"validation_count={count}" if count is not None else f"validation_fraction={fraction}"
         if n == 1:
-            raise DataError(f"{source}: {asked} holds out whole documents, and the corpus is one document; use validation_fraction (its last lines are held out), {_HOW_TO_SPLIT}")
+            raise DataError(
+                f"{source}: {asked} holds out whole documents, and the corpus is one document; use validation_fraction (its last lines are held out), {_HOW_TO_SPLIT}"
+            )
         raise DataError(f"{source}: {asked} holds out {k} of {n} documents, leaving none for training")
     order = permutation(n, seed)
     held_out = sorted(order[:k])
     train = order[k:] if shuffle else sorted(order[k:])
-    splits = Splits(train=tuple(documents[i] for i in train), validation=tuple(documents[i] for i in held_out))
+    splits = Splits(
+        train=tuple(documents[i] for i in train), validation=tuple(documents[i] for i in held_out)
+    )
     if k and not any(_usable(d) for d in splits.validation):
         shown = ", ".join(repr(d[:20]) for d in splits.validation[:3]) + (", ..." if k > 3 else "")
         raise DataError(

@@ -25,7 +25,15 @@ from archzoo.features.packing import STREAMS, Packer, feature_converter, pack_ex
 from archzoo.data.splits import permutation
 from archzoo.objectives import example_rng
 
-__all__ = ["MIN_CHUNK_LEN", "Chunks", "chunk_documents", "Pipeline", "validation_batches", "auto_chunk_len", "check_row_lengths"]
+__all__ = [
+    "MIN_CHUNK_LEN",
+    "Chunks",
+    "chunk_documents",
+    "Pipeline",
+    "validation_batches",
+    "auto_chunk_len",
+    "check_row_lengths",
+]
 
 # An example needs a token to read and one to predict (and span corruption one kept, one dropped).
 MIN_CHUNK_LEN = 2
@@ -59,7 +67,10 @@ class Chunks:
 
 def _check_chunk_len(chunk_len: int, min_len: int) -> None:
     if chunk_len < min_len:
-        raise invalid("train.chunk_len", f"chunks of {_tokens(chunk_len)} are too short: a chunk needs at least {_tokens(min_len)} (one to read, one to predict)")
+        raise invalid(
+            "train.chunk_len",
+            f"chunks of {_tokens(chunk_len)} are too short: a chunk needs at least {_tokens(min_len)} (one to read, one to predict)",
+        )
 
 
 def chunk_documents(token_docs: Sequence[np.ndarray], chunk_len: int, min_len: int = MIN_CHUNK_LEN) -> Chunks:
@@ -90,7 +101,13 @@ def chunk_documents(token_docs: Sequence[np.ndarray], chunk_len: int, min_len: i
 # prefix LM add one eos; span corruption about 2 sentinels per 20 tokens at its default density
 # (0.15, spans of 3) plus eos; UL2's extreme denoiser (density 0.5, spans of 3) about one
 # sentinel per 3 tokens, plus a mode token and eos.
-_GROWTH = {"causal_lm": (1, 1.0), "prefix_lm": (1, 1.0), "mlm": (0, 1.0), "span_corruption": (2, 1.12), "ul2": (3, 1.35)}
+_GROWTH = {
+    "causal_lm": (1, 1.0),
+    "prefix_lm": (1, 1.0),
+    "mlm": (0, 1.0),
+    "span_corruption": (2, 1.12),
+    "ul2": (3, 1.35),
+}
 
 
 def _fitting_chunk_len(objective_name: str, row_len: int) -> int:
@@ -112,7 +129,9 @@ def auto_chunk_len(objective_name: str, row_len: int, *, key: str = "train.seq_l
     """
     chunk_len = _fitting_chunk_len(objective_name, row_len)
     if chunk_len < MIN_CHUNK_LEN:
-        minimum = next(r for r in itertools.count(row_len + 1) if _fitting_chunk_len(objective_name, r) >= MIN_CHUNK_LEN)
+        minimum = next(
+            r for r in itertools.count(row_len + 1) if _fitting_chunk_len(objective_name, r) >= MIN_CHUNK_LEN
+        )
         raise invalid(
             key,
             f"rows of {_tokens(row_len)} are too short for {objective_name}: its shortest example (from a chunk of "
@@ -141,8 +160,13 @@ def check_row_lengths(objective_name: str, family: str, train) -> None:
     if family == "encoder_decoder":
         # The chunk length is chosen from the shorter stream, so each must hold the shortest example.
         rows = {}
-        for key, length in (("train.encoder_len", train.encoder_len), ("train.decoder_len", train.decoder_len)):
-            rows[key if length is not None else "train.seq_len"] = length if length is not None else train.seq_len
+        for key, length in (
+            ("train.encoder_len", train.encoder_len),
+            ("train.decoder_len", train.decoder_len),
+        ):
+            rows[key if length is not None else "train.seq_len"] = (
+                length if length is not None else train.seq_len
+            )
     for key, length in rows.items():
         auto_chunk_len(objective_name, length, key=key)
 
@@ -161,7 +185,17 @@ class Pipeline:
       seed: the data seed.
     """
 
-    def __init__(self, chunks: Chunks, objective: Callable, family: str, lengths: dict, batch_size: int, accumulation_steps: int, start_id: int, seed: int):
+    def __init__(
+        self,
+        chunks: Chunks,
+        objective: Callable,
+        family: str,
+        lengths: dict,
+        batch_size: int,
+        accumulation_steps: int,
+        start_id: int,
+        seed: int,
+    ):
         if not len(chunks):
             raise DataError(f"no training example: {chunks.too_short('training')}")
         self.chunks = chunks
@@ -206,7 +240,16 @@ class Pipeline:
         self.packer.restore(state["packer"])
 
 
-def validation_batches(chunks: Chunks, objective: Callable, family: str, lengths: dict, batch_size: int, start_id: int, seed: int, limit: int | None) -> list[dict]:
+def validation_batches(
+    chunks: Chunks,
+    objective: Callable,
+    family: str,
+    lengths: dict,
+    batch_size: int,
+    start_id: int,
+    seed: int,
+    limit: int | None,
+) -> list[dict]:
     """Validation batches ``[B, L]`` of the first ``limit`` chunks (all when None), with epoch-0
     noise: every family scores the same examples, however many fit its rows.
 
@@ -219,5 +262,8 @@ def validation_batches(chunks: Chunks, objective: Callable, family: str, lengths
             "or set data.validation_fraction: 0 to train without validation"
         )
     pairs = list(zip(chunks.tokens, chunks.ends_document))[:limit]
-    examples = (objective(tokens, example_rng(seed, 0, i), ends_document=ends) for i, (tokens, ends) in enumerate(pairs))
+    examples = (
+        objective(tokens, example_rng(seed, 0, i), ends_document=ends)
+        for i, (tokens, ends) in enumerate(pairs)
+    )
     return list(pack_examples(examples, family, lengths, batch_size, start_id))

@@ -61,7 +61,9 @@ def target_bytes(batches: list[dict], stream: str, tokenizer) -> int:
     """UTF-8 bytes of the target text of ``batches`` (special tokens count none)."""
     total = 0
     for b in batches:
-        for tokens, weights, segs in zip(b[f"{stream}_targets"], b[f"{stream}_weights"], b[f"{stream}_segment_ids"]):
+        for tokens, weights, segs in zip(
+            b[f"{stream}_targets"], b[f"{stream}_weights"], b[f"{stream}_segment_ids"]
+        ):
             for s in np.unique(segs[segs > 0]):
                 picked = (segs == s) & (weights > 0)
                 ids = [int(t) for t in tokens[picked] if not tokenizer.special.is_special(int(t))]
@@ -96,7 +98,9 @@ def build_run_data(data_cfg, objective_cfg, model_cfg, train, *, accumulation_st
             f"({tokenizer.vocab_size}); raise model.vocab_size"
         )
     if objective_cfg.name == "mlm" and objective_cfg.mlm.vocab_size is None:
-        objective_cfg = dataclasses.replace(objective_cfg, mlm=dataclasses.replace(objective_cfg.mlm, vocab_size=tokenizer.vocab_size))
+        objective_cfg = dataclasses.replace(
+            objective_cfg, mlm=dataclasses.replace(objective_cfg.mlm, vocab_size=tokenizer.vocab_size)
+        )
     objective = build_objective(objective_cfg, tokenizer.special)
 
     family = model_cfg.family
@@ -107,9 +111,33 @@ def build_run_data(data_cfg, objective_cfg, model_cfg, train, *, accumulation_st
         return chunk_documents([np.asarray(t, np.int32) for t in tokenizer.encode_batch(texts)], chunk_len)
 
     start_id = tokenizer.special.pad
-    pipeline = Pipeline(chunks(splits.train), objective, family, lengths, train.batch_size, accumulation_steps, start_id, data_cfg.seed)
+    pipeline = Pipeline(
+        chunks(splits.train),
+        objective,
+        family,
+        lengths,
+        train.batch_size,
+        accumulation_steps,
+        start_id,
+        data_cfg.seed,
+    )
     validation = validation_batches(
-        chunks(splits.validation), objective, family, lengths, train.batch_size, start_id, data_cfg.seed, train.eval_examples
+        chunks(splits.validation),
+        objective,
+        family,
+        lengths,
+        train.batch_size,
+        start_id,
+        data_cfg.seed,
+        train.eval_examples,
     )
     stream = LOSS_STREAM[family]
-    return RunData(tokenizer, lengths, chunk_len, stream, pipeline, validation, target_bytes(validation, stream, tokenizer))
+    return RunData(
+        tokenizer,
+        lengths,
+        chunk_len,
+        stream,
+        pipeline,
+        validation,
+        target_bytes(validation, stream, tokenizer),
+    )

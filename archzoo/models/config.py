@@ -181,10 +181,14 @@ def check_seed(seed, argument: str) -> int:
 def check_config_argument(value, argument: str) -> None:
     """Refuses, naming ``argument``, anything that is not a model config source."""
     if value is not None and not isinstance(value, (str, os.PathLike, dict, ModelConfig)):
-        raise TypeError(f"{argument}: expected a ModelConfig, a YAML file path, a mapping or None, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{argument}: expected a ModelConfig, a YAML file path, a mapping or None, got {type(value).__name__} {value!r}"
+        )
 
 
-def load_model_config(source: str | Path | dict | ModelConfig | None = None, overrides: list[str] = (), **kwargs) -> ModelConfig:
+def load_model_config(
+    source: str | Path | dict | ModelConfig | None = None, overrides: list[str] = (), **kwargs
+) -> ModelConfig:
     """A :class:`ModelConfig` from a YAML file, a mapping or keyword arguments.
 
     Args:
@@ -212,4 +216,3 @@ def load_model_config(source: str | Path | dict | ModelConfig | None = None, ove
     data.update(kwargs)
     apply_overrides(data, overrides)
     return from_dict(ModelConfig, data)
-

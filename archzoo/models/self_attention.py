@@ -10,7 +10,9 @@ from archzoo.models.config import ModelConfig
 __all__ = ["self_attention_mask"]
 
 
-def self_attention_mask(cfg: ModelConfig, q: TokenFacts, k: TokenFacts | None = None, *, bidirectional: bool = False) -> Mask:
+def self_attention_mask(
+    cfg: ModelConfig, q: TokenFacts, k: TokenFacts | None = None, *, bidirectional: bool = False
+) -> Mask:
     """The self-attention mask a config asks for, over query facts ``q`` and key facts ``k``.
 
     ``bidirectional`` gives the encoder's ``full & same_segment``; otherwise ``causal`` or

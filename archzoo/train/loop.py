@@ -69,7 +69,9 @@ def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
     context = lengths.get("decoder", lengths.get("encoder"))
     memory = lengths["encoder"] if family == "encoder_decoder" else 0
     # training FLOPs per token of the stream with the loss (decoder tokens of an encoder-decoder)
-    flops_per_token = 3 * forward_flops_per_token(cfg.model, stream=data.loss_stream, context=context, memory=memory)
+    flops_per_token = 3 * forward_flops_per_token(
+        cfg.model, stream=data.loss_stream, context=context, memory=memory
+    )
     facts = {
         "family": family,
         "mask": cfg.model.mask,
@@ -80,7 +82,9 @@ def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
         "flops_per_token": flops_per_token,
     }
     if family == "encoder_decoder":
-        facts["flops_per_encoder_token"] = 3 * forward_flops_per_token(cfg.model, stream="encoder", context=lengths["encoder"])
+        facts["flops_per_encoder_token"] = 3 * forward_flops_per_token(
+            cfg.model, stream="encoder", context=lengths["encoder"]
+        )
     facts.update(
         vocab_size=data.tokenizer.vocab_size,
         # every training row starts with this token (decoders: before inputs ++ targets); a
@@ -110,7 +114,9 @@ def _progress_bar(cfg: RunConfig, counters: dict, progress: bool | None):
     )
 
 
-def _non_finite_error(cfg: RunConfig, step: int, loss: float, grad_norm: float, last_checkpoint: int | None) -> TrainingError:
+def _non_finite_error(
+    cfg: RunConfig, step: int, loss: float, grad_norm: float, last_checkpoint: int | None
+) -> TrainingError:
     checkpoints = cfg.run_dir / "checkpoints"
     if last_checkpoint is not None:
         where = f"the last good checkpoint is step {last_checkpoint} in {checkpoints}"
@@ -148,10 +154,14 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     run_dir, budget, family = cfg.run_dir, cfg.budget, cfg.model.family
     wall_start = time.perf_counter()
     if jax.process_count() > 1:
-        raise ConfigError("archzoo run trains on one process; multi-host training (a mesh over several processes) is not wired into the loop yet")
+        raise ConfigError(
+            "archzoo run trains on one process; multi-host training (a mesh over several processes) is not wired into the loop yet"
+        )
 
     # -- data, checked against the config before the run directory takes it ----------------------
-    data = build_run_data(cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps)
+    data = build_run_data(
+        cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps
+    )
     resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite)
     data.tokenizer.save(run_dir / data.tokenizer.file_name)
     pipeline, stream = data.pipeline, data.loss_stream
@@ -176,7 +186,11 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     writer = MetricsWriter(run_dir, resume_step if resume_step is not None else (0 if resuming else None))
 
     def save(step: int) -> None:
-        manager.save(step, {"params": params, "opt_state": opt_state}, {"counters": counters, "pipeline": pipeline.state()})
+        manager.save(
+            step,
+            {"params": params, "opt_state": opt_state},
+            {"counters": counters, "pipeline": pipeline.state()},
+        )
 
     def evaluate() -> dict:
         if not data.validation:
@@ -186,7 +200,10 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
             s, t = eval_step(params, rest, b)
             loss_sum, tokens = loss_sum + float(s), tokens + float(t)
         loss = loss_sum / max(tokens, 1.0)
-        return {"val_loss_nats": loss, "val_bits_per_byte": loss_sum / math.log(2) / max(data.validation_bytes, 1)}
+        return {
+            "val_loss_nats": loss,
+            "val_bits_per_byte": loss_sum / math.log(2) / max(data.validation_bytes, 1),
+        }
 
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
