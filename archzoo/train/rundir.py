@@ -78,12 +78,14 @@ def hold_run_dir(run_dir: Path):
     finally:
         with contextlib.suppress(OSError):
             (run_dir / HOLDER_FILE).unlink(missing_ok=True)
-        lock.release()
         # A run that stopped before writing its config (a data error) leaves no directory behind.
+        # Removed while still held: a process that opens the lock meanwhile makes a new lock file
+        # (then the directory stays), never shares a lock file about to be unlinked.
         with contextlib.suppress(OSError):
             if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
                 (run_dir / LOCK_FILE).unlink()
                 run_dir.rmdir()
+        lock.release()
 
 
 def _dump(config: dict) -> str:
