@@ -115,10 +115,6 @@ def token_ids_to_hf(cfg: ModelConfig) -> dict:
     out["eos_token_id"] = list(ids.eos) if isinstance(ids.eos, tuple) else ids.eos
     if ids.decoder_start is None and not encoder_decoder:
         del out["decoder_start_token_id"]
-    elif ids.decoder_start is None:
-        # an encoder-decoder's decoder needs a start token (transformers' shift right refuses
-        # none); archzoo's own decoders start from padding, as T5's do
-        out["decoder_start_token_id"] = ids.pad
     return out
 
 

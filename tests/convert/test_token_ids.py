@@ -101,15 +101,3 @@ def test_token_ids_survive_the_model_config_yaml(tmp_path):
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     assert load_model_config(tmp_path / "model.yaml") == cfg
 
-
-def test_an_encoder_decoder_without_a_decoder_start_is_written_with_padding_as_its_start(tmp_path):
-    """A T5 config.json without decoder_start_token_id reads as None (transformers 5 has no T5
-    default); written back, the decoder starts from padding, as T5's does, and transformers can
-    shift its labels right."""
-    config = hf_model("t5").config.to_dict()
-    config.pop("decoder_start_token_id", None)
-    cfg = importlib.import_module(HF_CONVERTERS["t5"]).config_from_hf(config)
-    assert cfg.token_ids.decoder_start is None
-    from archzoo.convert.common import token_ids_to_hf
-
-    assert token_ids_to_hf(cfg)["decoder_start_token_id"] == cfg.token_ids.pad
