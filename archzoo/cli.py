@@ -54,29 +54,6 @@ def _convert(args) -> int:
     return 0
 
 
-def _format_table(summaries: list[dict]) -> str:
-    header = ("run", "family", "params", "target tokens", "tokens processed", "FLOPs", "val loss (nats/token)", "val bits/byte", "wall (s)")
-    rows = [header]
-    for s in summaries:
-        name = s["name"] + (f" (interrupted at step {s['steps']})" if s.get("stopped_by") == "sigterm" else "")
-        family = s["family"] + (" (prefix)" if s["family"] == "decoder" and s.get("mask") == "prefix" else "")
-        rows.append((
-            name,
-            family,
-            f"{s['params']:,}",
-            f"{s['target_tokens']:,}",
-            f"{s['tokens']:,}",
-            f"{s['flops']:.3e}",
-            f"{s['val_loss_nats']:.4f}" if "val_loss_nats" in s else "-",
-            f"{s['val_bits_per_byte']:.4f}" if "val_bits_per_byte" in s else "-",
-            f"{s['wall_seconds']:.1f}",
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def _run(args) -> int:
     from archzoo.train.config import load_run_configs
     from archzoo.train.loop import TrainingError, train
@@ -92,7 +69,11 @@ def _run(args) -> int:
     except (RunDirError, TrainingError) as e:
         print(f"archzoo run: error: {e}", file=sys.stderr)
         return 1
-    table = _format_table(summaries)
+    from archzoo.analysis.runs import load_run
+    from archzoo.analysis.table import comparison_table
+
+    # built from what the run directories hold, as `archzoo table` builds it later
+    table = comparison_table([load_run(cfg.run_dir) for cfg in configs[: len(summaries)]])
     print(table)
     budget = configs[0].budget
     text = f"# {Path(args.config).name}\n\nBudget: {budget.value:,.0f} {budget.kind.replace('_', ' ')} per run.\n\n{table}\n"
@@ -108,6 +89,22 @@ def _run(args) -> int:
             file=sys.stderr,
         )
         return EXIT_SIGTERM
+    return 0
+
+
+def _table(args) -> int:
+    from archzoo.analysis.runs import RecordError, is_run_dir, load_run, load_sweep
+    from archzoo.analysis.table import comparison_table
+
+    try:
+        records = []
+        for d in args.dirs:
+            path = Path(d)
+            records += [load_run(path)] if is_run_dir(path) else load_sweep(path)
+    except RecordError as e:
+        print(f"archzoo table: error: {e}", file=sys.stderr)
+        return 2
+    print(comparison_table(records))
     return 0
 
 
@@ -153,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (train.batch_size=8)")
     r.add_argument("--overwrite", action="store_true", help="replace run directories that hold a different config")
     r.set_defaults(func=_run)
+
+    t = sub.add_parser("table", help="print the comparison table of run directories (or of the runs under a directory)")
+    t.add_argument("dirs", nargs="+", help="run directories, or directories holding run directories")
+    t.set_defaults(func=_table)
 
     b = sub.add_parser("bench", help="speed benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)

@@ -36,3 +36,10 @@ def test_the_top_level_names_are_the_objects_their_modules_define():
             assert getattr(archzoo, name) is importlib.import_module(f"archzoo.{name}")
         else:
             assert getattr(archzoo, name) is getattr(importlib.import_module(archzoo._EXPORTS[name]), name), name
+
+
+@pytest.mark.parametrize("module", ["archzoo.analysis.runs", "archzoo.analysis.table"])
+def test_analysis_reads_run_directories_without_the_training_code(module):
+    loaded = modules_after(f"import {module}")
+    assert not {m for m in loaded if m.startswith("archzoo.train")}
+    assert "jax" not in loaded, "reading a run directory needs no JAX"

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archzoo import masks
-from archzoo.masks import Mask, TokenFacts
+from archzoo.masks import TokenFacts
 from archzoo.models.base import LanguageModel
 from archzoo.models.cache import KVCache, empty_facts, write_facts
 from archzoo.models.config import ModelConfig

@@ -38,7 +38,6 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-import numpy as np
 
 from archzoo.config import invalid
 from archzoo.data.special import SpecialTokens

@@ -3,7 +3,7 @@ validation and checkpoints (STYLE.md "Modules and the train loop").
 
 Resume: the same command on the same run directory restores the last checkpoint (parameters,
 optimizer, data position and budget counters) and continues bit for bit. SIGTERM ends the run
-after the step under way: it is scored, logged and saved, and ``summary.json`` says
+after the step under way: it is scored, logged and saved, and the summary in ``run.json`` says
 ``stopped_by: sigterm``. One process at a time trains in a run directory. A NaN or infinite
 loss stops the run, naming the step, and keeps the last good checkpoint.
 """
@@ -17,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError
 from archzoo.features.packing import STREAMS
 from archzoo.models import build, count_params
@@ -25,7 +26,7 @@ from archzoo.train.config import RunConfig, resolved
 from archzoo.train.flops import forward_flops_per_token, train_flops
 from archzoo.train.optimizer import learning_rate
 from archzoo.features.run_data import RunData, build_run_data
-from archzoo.train.rundir import MetricsWriter, hold_run_dir, prepare_run_dir, write_json
+from archzoo.train.rundir import MetricsWriter, hold_run_dir, prepare_run_dir
 from archzoo.train.step import make_eval_step, make_train_step, split_model
 
 __all__ = ["train", "TrainingError"]
@@ -64,7 +65,7 @@ def _advance(counters: dict, batch: dict, cfg: RunConfig, stream: str) -> tuple[
 
 
 def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
-    """``facts.json``: what a plot or a fit needs to know about the run besides its metrics."""
+    """The facts of ``run.json``: what a plot or a fit needs to know besides the metrics."""
     family, lengths = cfg.model.family, data.lengths
     context = lengths.get("decoder", lengths.get("encoder"))
     memory = lengths["encoder"] if family == "encoder_decoder" else 0
@@ -138,7 +139,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
       progress: show a progress bar (default: ``cfg.train.progress``).
 
     Returns:
-      the run's summary (also written to ``summary.json``).
+      the run's summary (also written to ``run.json``, beside its facts).
 
     Raises:
       RunDirError: the directory holds another run, another process trains in it, it cannot be
@@ -173,7 +174,8 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     eval_step = make_eval_step(graphdef)
     opt_state = tx.init(params)
     n = count_params(model)
-    write_json(run_dir / "facts.json", _run_facts(cfg, data, n))
+    facts = _run_facts(cfg, data, n)
+    write_record(run_dir, facts)
 
     counters = {"step": 0, "target_tokens": 0, "tokens": 0, "flops": 0.0}
     manager = RunCheckpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
@@ -274,5 +276,5 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         "val_step": val_step if last_eval else None,  # the step the validation numbers are from
         "wall_seconds": time.perf_counter() - wall_start,
     }
-    write_json(run_dir / "summary.json", summary)
+    write_record(run_dir, facts, summary)
     return summary

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["RunDirError", "hold_run_dir", "prepare_run_dir", "MetricsWriter", "write_json"]
+__all__ = ["RunDirError", "hold_run_dir", "prepare_run_dir", "MetricsWriter"]
 
 LOCK_FILE = "archzoo.lock"  # held (flock) by the one process training in the directory
 HOLDER_FILE = "archzoo.pid"  # that process's id, beside the lock: opening a lock may truncate it
@@ -21,7 +21,8 @@ TENSORBOARD_DIR = "tensorboard"
 # Everything archzoo writes in a run directory (the tokenizer copy is tokenizer.json or
 # tokenizer.model, see Tokenizer.file_name); --overwrite removes these and leaves the rest.
 WRITTEN = (
-    "config.yaml", "metrics.jsonl", "facts.json", "facts.tmp", "summary.json", "summary.tmp",
+    "config.yaml", "metrics.jsonl", "run.json", "run.json.tmp",
+    "facts.json", "facts.tmp", "summary.json", "summary.tmp",  # written before run.json
     "comparison.md", "checkpoints", TENSORBOARD_DIR, "tokenizer.json", "tokenizer.model",
 )
 
@@ -170,12 +171,6 @@ def _diff(a, b, prefix: str = "") -> set[str]:
             out |= _diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return set() if a == b else {prefix.rstrip(".")}
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
 
 
 class MetricsWriter:

@@ -6,7 +6,6 @@ takes and returns plain pytrees, so it can be checkpointed and resumed bit for b
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -51,8 +51,8 @@ def test_sigterm_stops_the_whole_experiment_and_the_table_shows_the_stop_step(tm
         proc.kill()
         raise
     assert proc.returncode == 143, err
-    assert not (run_b / "summary.json").exists(), "the next run must not start after SIGTERM"
-    summary = json.loads((run_a / "summary.json").read_text())
+    assert not (run_b / "run.json").exists(), "the next run must not start after SIGTERM"
+    summary = json.loads((run_a / "run.json").read_text())["summary"]
     assert summary["stopped_by"] == "sigterm" and _checkpoint_steps(run_a)[-1] == summary["steps"]
     # validation at the step it stopped at, not the last scheduled evaluation before it
     assert summary["val_step"] == summary["steps"]

@@ -54,7 +54,7 @@ def test_same_seed_gives_bitwise_identical_metrics_and_a_run_directory(tmp_path)
     cfg = load_run_configs(config(tmp_path))[0]
     train(cfg)
     first = metrics(cfg.run_dir)
-    facts = json.loads((cfg.run_dir / "facts.json").read_text())
+    facts = json.loads((cfg.run_dir / "run.json").read_text())["facts"]
     assert {"params", "non_embedding_params", "active_params", "flops_per_token", "family", "objective"} <= set(facts)
     assert (cfg.run_dir / "config.yaml").exists() and list((cfg.run_dir / "tensorboard").iterdir())
     assert sorted(int(p.name) for p in (cfg.run_dir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
@@ -118,7 +118,7 @@ def test_sigterm_saves_at_the_step_under_way_exits_143_and_resumes_to_the_uninte
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "run.json").read_text())["summary"]
     assert summary["stopped_by"] == "sigterm" and summary["steps"] < 40, "the signal must land mid-run"
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == summary["steps"] == summary["val_step"]
