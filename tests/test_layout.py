@@ -43,3 +43,14 @@ def test_analysis_reads_run_directories_without_the_training_code(module):
     loaded = modules_after(f"import {module}")
     assert not {m for m in loaded if m.startswith("archzoo.train")}
     assert "jax" not in loaded, "reading a run directory needs no JAX"
+
+
+def test_every_shipped_experiment_loads():
+    from pathlib import Path
+
+    from archzoo.train.config import load_run_configs
+
+    experiments = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+    assert experiments
+    for path in experiments:
+        assert load_run_configs(path), path
