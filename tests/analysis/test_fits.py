@@ -49,7 +49,8 @@ def test_fits_import_neither_jax_nor_flax_nor_the_rest_of_archzoo():
     code = "import sys, json, archzoo.analysis.fits; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     loaded = set(json.loads(out.splitlines()[-1]))
-    assert {m for m in loaded if m.startswith("archzoo")} == {"archzoo", "archzoo.analysis", "archzoo.analysis.fits"}
+    archzoo_modules = {m for m in loaded if m.startswith("archzoo")}
+    assert archzoo_modules == {"archzoo", "archzoo.analysis", "archzoo.analysis.fits"}
     assert not {m for m in loaded if m.split(".")[0] in ("jax", "flax")}
 
 
@@ -67,17 +68,21 @@ def test_a_power_law_without_noise_is_recovered_to_optimiser_precision():
 def test_a_noisy_power_law_is_recovered_within_tolerance():
     # Over 1e15..1e21 the reducible term falls from 0.13 to 2e-4 nats, so multiplicative noise of
     # 1e-4 is already a sizeable share of it at large C: a and b trade off, the curve does not.
+    # Over seeds 0..19 the worst errors were 1.4e-4 (E, relative), 0.028 (b), 0.94 (log a) and 7%
+    # (the reducible curve); the tolerances leave room above those.
     C, loss = noisy_power_law(12, sigma=1e-4, seed=0)
     fit = fit_power_law(C, loss, bootstrap=0)
     assert fit.E == pytest.approx(E_TRUE, rel=1e-3)
-    assert fit.b == pytest.approx(B_TRUE, abs=0.03)
-    assert abs(np.log(fit.a / A_TRUE)) < 0.5
+    assert fit.b == pytest.approx(B_TRUE, abs=0.05)
+    assert abs(np.log(fit.a / A_TRUE)) < 1.2
     reducible_true = A_TRUE * C ** (-B_TRUE)
-    np.testing.assert_allclose(fit.predict(C) - fit.E, reducible_true, rtol=0.1, atol=2e-4)
+    np.testing.assert_allclose(fit.predict(C) - fit.E, reducible_true, rtol=0.15, atol=2e-4)
 
 
 def test_power_law_bootstrap_intervals_hold_the_truth_and_shrink_with_more_points():
-    fits = {n: fit_power_law(*noisy_power_law(n, sigma=3e-4, seed=1), bootstrap=100, seed=0) for n in (12, 48)}
+    fits = {
+        n: fit_power_law(*noisy_power_law(n, sigma=3e-4, seed=1), bootstrap=100, seed=0) for n in (12, 48)
+    }
     for fit in fits.values():
         assert fit.E_interval[0] <= E_TRUE <= fit.E_interval[1]
         assert fit.a_interval[0] <= A_TRUE <= fit.a_interval[1]
@@ -121,11 +126,13 @@ def test_chinchilla_without_noise_is_recovered_to_optimiser_precision():
 def test_noisy_chinchilla_is_recovered_and_its_optimum_is_not_cut_short():
     N, D, loss = chinchilla_runs(sigma=2e-3, seed=0)
     fit = fit_chinchilla(N, D, loss, bootstrap=0, starts=FEW_STARTS)
+    # Over seeds 0..9 the worst errors were 0.4% (E), 0.003 (alpha), 0.008 (beta), 5% (A) and 16%
+    # (B: the coefficient trades off against its exponent); the tolerances leave room above those.
     assert fit.E == pytest.approx(CHINCHILLA["E"], rel=0.01)
-    assert fit.alpha == pytest.approx(CHINCHILLA["alpha"], abs=0.01)
-    assert fit.beta == pytest.approx(CHINCHILLA["beta"], abs=0.01)
-    assert fit.A == pytest.approx(CHINCHILLA["A"], rel=0.15)
-    assert fit.B == pytest.approx(CHINCHILLA["B"], rel=0.15)
+    assert fit.alpha == pytest.approx(CHINCHILLA["alpha"], abs=0.02)
+    assert fit.beta == pytest.approx(CHINCHILLA["beta"], abs=0.02)
+    assert fit.A == pytest.approx(CHINCHILLA["A"], rel=0.3)
+    assert fit.B == pytest.approx(CHINCHILLA["B"], rel=0.3)
     # Noise moves the minimum off the generating parameters, so a search run to the end finds an
     # objective no higher than theirs (Besiroglu et al. 2024: the original fit stopped early).
     assert fit.objective <= huber_objective_by_hand(N, D, loss, **CHINCHILLA)
@@ -188,7 +195,7 @@ def test_two_power_laws_built_to_cross_at_a_known_compute_are_found_crossing_the
     fit_b = fit_power_law(*noisy_power_law(12, sigma=3e-4, seed=5, E=E_b, a=a_b, b=b_b), bootstrap=50, seed=0)
     found = crossover(fit_a, fit_b, x_range=(1e15, 1e21), names=("dense", "MoE"))
     assert len(found.crossings) == 1
-    assert abs(np.log10(found.crossings[0] / C_cross)) < 0.1
+    assert abs(np.log10(found.crossings[0] / C_cross)) < 0.05  # 12%; 0.01 decades seen over 10 seeds
     lo, hi = found.intervals[0]
     assert lo <= C_cross <= hi
     assert found.fraction_crossing > 0.9
@@ -196,7 +203,8 @@ def test_two_power_laws_built_to_cross_at_a_known_compute_are_found_crossing_the
     # B is higher at low compute (its reducible term is larger there), so A leads first.
     assert found.lower_first == "dense"
     sentence = str(found)
-    assert sentence.startswith(f"dense and MoE cross once, at C = {found.crossings[0]:.3g} (95% CI {lo:.3g}..{hi:.3g})")
+    where = f"C = {found.crossings[0]:.3g} (95% CI {lo:.3g}..{hi:.3g})"
+    assert sentence.startswith(f"dense and MoE cross once, at {where}")
     assert "dense has lower loss below the first crossing and MoE above it" in sentence
 
 
@@ -209,6 +217,7 @@ def test_two_crossings_are_both_reported():
     assert found.crossings == pytest.approx((x1, x2), rel=1e-9)
     assert found.lower_first == "B"
     assert "cross 2 times" in str(found)
+    assert "no bootstrap fits to say how sure" in str(found)
 
 
 def test_a_pair_that_never_crosses_in_range_reports_dominance_and_the_gap():
