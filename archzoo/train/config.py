@@ -2,7 +2,8 @@
 
 A YAML file may name a ``base`` file (a path relative to itself) whose keys it overrides, and an
 experiment file lists ``runs``, each a set of overrides on the shared config (for example a
-family and a size), so every run shares the corpus, tokenizer, objective and budget.
+family and a size), or declares ``axes`` whose product gives the runs (:mod:`archzoo.train.axes`),
+so every run shares the corpus, tokenizer, objective and budget.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from archzoo.config import ConfigError, _Located, apply_overrides, from_dict, invalid, load_yaml
+from archzoo.config import ConfigError, _Located, _where, apply_overrides, from_dict, invalid, load_yaml
 from archzoo.data.config import DataConfig
 from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig, check_seed
@@ -168,6 +169,10 @@ def load_run_configs(path: str | Path, overrides: list[str] = ()) -> list[RunCon
         raise TypeError(f"path: expected a YAML file path, got {type(path).__name__} {path!r}")
     path = Path(path)
     data = _load_with_base(path)
+    if "axes" in data:
+        return _axis_runs(path, data, overrides)
+    if "exclude" in data:
+        raise ConfigError(f"{_where(data, 'exclude')}exclude needs axes to leave points out of")
     runs = data.pop("runs", None)
     if runs is None:
         return [from_dict(RunConfig, apply_overrides(data, overrides))]
@@ -182,6 +187,32 @@ def load_run_configs(path: str | Path, overrides: list[str] = ()) -> list[RunCon
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must differ; got {names}")
+    return configs
+
+
+def _nested(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _axis_runs(path: Path, data: dict, overrides: list[str]) -> list[RunConfig]:
+    """One run per point of the experiment's axes (see :mod:`archzoo.train.axes`)."""
+    from archzoo.train.axes import expand_axes
+
+    if "runs" in data:
+        raise ConfigError(f"{_where(data, 'runs')}an experiment lists runs or declares axes, not both")
+    axes, exclude = data.pop("axes"), data.pop("exclude", None)
+    configs = []
+    for point in expand_axes(axes, exclude, data=data, root=RunConfig):
+        merged = copy.deepcopy(data)
+        for key, value in point.settings:
+            merged = _merge(merged, _nested(key, value))
+        merged["name"] = point.name
+        try:
+            configs.append(from_dict(RunConfig, apply_overrides(merged, overrides)))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: run {point.name}: {e}") from None
     return configs
 
 
