@@ -115,17 +115,6 @@ class RunCheckpoints:
             error, self._sealer_error = self._sealer_error, None
             raise error
 
-    def _problem(self, step: int) -> str | None:
-        """Why the folder of ``step`` cannot be trusted, or None."""
-        folder = self._step_folder(step)
-        if record_path(folder).exists():
-            return check_record(folder)
-        _warn(
-            f"checkpoint step {step} in {self.directory} has no checksum record (saved before records "
-            "were kept, or stopped before it was written); restoring it unverified"
-        )
-        return None
-
     def _move_aside(self, step: int) -> Path:
         corrupted = self.directory / "corrupted"
         corrupted.mkdir(exist_ok=True)
@@ -142,17 +131,24 @@ class RunCheckpoints:
 
     def _restore(self, step: int, template: dict):
         """The checkpoint of ``step`` read back, or why it cannot be."""
-        verified = record_path(self._step_folder(step)).exists()
-        problem = self._problem(step)
-        if problem is not None:
-            return None, problem
+        folder = self._step_folder(step)
+        verified = record_path(folder).exists()
+        if verified:
+            problem = check_record(folder)
+            if problem is not None:
+                return None, problem
+        else:
+            _warn(
+                f"checkpoint step {step} in {self.directory} has no checksum record (saved before records "
+                "were kept, or stopped before it was written); restoring it unverified"
+            )
         args = ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
-        if verified:  # its files are as saved: a failure here is not corruption, and is raised
-            restored = self._manager.restore(step, args=args)
-            return Restored(step, restored.state, restored.meta), None
         try:
             restored = self._manager.restore(step, args=args)
-        except Exception as e:  # a folder without a record may be broken anywhere
+        except Exception as e:
+            if verified:  # its files are as saved: a failure here is not corruption
+                raise
+            # an unrecorded folder may be broken anywhere: skipped like a corrupted one
             first_line = (str(e).splitlines() or [""])[0][:200]
             return None, f"orbax cannot restore it: {type(e).__name__}: {first_line}"
         return Restored(step, restored.state, restored.meta), None
