@@ -13,7 +13,7 @@ import itertools
 from typing import NamedTuple
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize
 
 __all__ = [
     "PowerLawFit",
@@ -75,6 +75,19 @@ def _resamples(rng: np.random.Generator, n: int, count: int, sizes: list[np.ndar
         if all(len(np.unique(s[idx])) >= min_distinct for s in sizes):
             made += 1
             yield idx
+
+
+def _bootstrap_refits(
+    refit, n: int, count: int, seed: int, sizes: list[np.ndarray], min_distinct: int, width: int
+) -> np.ndarray:
+    """``[count, width]`` refits, ``refit(idx)`` on each of ``count`` resamples of the ``n`` runs
+    (see :func:`_resamples`); a refit that failed (None) is a row of NaN, kept so the draw order
+    holds."""
+    rows = []
+    for idx in _resamples(np.random.default_rng(seed), n, count, sizes, min_distinct):
+        params = refit(idx)
+        rows.append(np.full(width, np.nan) if params is None else params)
+    return np.reshape(rows, (-1, width))
 
 
 def _interval(samples: np.ndarray) -> tuple[float, float]:
@@ -200,12 +213,10 @@ def fit_power_law(x, loss, *, bootstrap: int = 1000, seed: int = 0) -> PowerLawF
     if best is None:
         raise RuntimeError("no starting point gave a finite power-law fit")
 
-    rng = np.random.default_rng(seed)
-    samples = []
-    for idx in _resamples(rng, len(x), bootstrap, [x], min_distinct=3):
-        refit = _fit_power_law_once(log_x[idx], log_loss[idx], [best])
-        samples.append(np.full(3, np.nan) if refit is None else refit)
-    samples = np.reshape(samples, (-1, 3))
+    def refit(idx):
+        return _fit_power_law_once(log_x[idx], log_loss[idx], [best])
+
+    samples = _bootstrap_refits(refit, len(x), bootstrap, seed, [x], min_distinct=3, width=3)
 
     def natural(p):  # (E, log a', b) over centred sizes -> (E, a, b) over raw sizes
         E, log_a, b = p.T
@@ -386,12 +397,11 @@ def fit_chinchilla(
         raise RuntimeError("no starting point gave a finite Chinchilla fit")
     best, objective = found
 
-    rng = np.random.default_rng(seed)
-    samples = []
-    for idx in _resamples(rng, len(N), bootstrap, [N, D], min_distinct=2):
-        refit = _best_of([best], log_N[idx], log_D[idx], log_loss[idx], delta)
-        samples.append(np.full(5, np.nan) if refit is None else refit[0])
-    samples = np.reshape(samples, (-1, 5))
+    def refit(idx):
+        found = _best_of([best], log_N[idx], log_D[idx], log_loss[idx], delta)
+        return None if found is None else found[0]
+
+    samples = _bootstrap_refits(refit, len(N), bootstrap, seed, [N, D], min_distinct=2, width=5)
 
     def natural(theta):  # (log A, log B, log E, alpha, beta) -> (E, A, B, alpha, beta)
         log_A, log_B, log_E, alpha, beta = theta.T
