@@ -33,6 +33,7 @@ __all__ = [
     "validation_batches",
     "auto_chunk_len",
     "check_row_lengths",
+    "row_lengths",
 ]
 
 # An example needs a token to read and one to predict (and span corruption one kept, one dropped).
@@ -156,19 +157,19 @@ def check_row_lengths(objective_name: str, family: str, train) -> None:
     if train.chunk_len is not None:
         _check_chunk_len(train.chunk_len, MIN_CHUNK_LEN)
         return
-    rows = {"train.seq_len": train.seq_len}
-    if family == "encoder_decoder":
-        # The chunk length is chosen from the shorter stream, so each must hold the shortest example.
-        rows = {}
-        for key, length in (
-            ("train.encoder_len", train.encoder_len),
-            ("train.decoder_len", train.decoder_len),
-        ):
-            rows[key if length is not None else "train.seq_len"] = (
-                length if length is not None else train.seq_len
-            )
-    for key, length in rows.items():
+    # The chunk length is chosen from the shortest stream, so each must hold the shortest example.
+    for stream, length in row_lengths(family, train).items():
+        own = f"{stream}_len" if family == "encoder_decoder" else None
+        key = f"train.{own}" if own and getattr(train, own) is not None else "train.seq_len"
         auto_chunk_len(objective_name, length, key=key)
+
+
+def row_lengths(family: str, train) -> dict[str, int]:
+    """Row length of each stream of ``family`` from a ``TrainConfig`` (``seq_len``, and
+    ``encoder_len`` / ``decoder_len`` for an encoder-decoder)."""
+    if family == "encoder_decoder":
+        return {"encoder": train.encoder_len or train.seq_len, "decoder": train.decoder_len or train.seq_len}
+    return {STREAMS[family][0]: train.seq_len}
 
 
 class Pipeline:

@@ -15,11 +15,11 @@ import numpy as np
 from archzoo.config import ConfigError
 from archzoo.data.bpe import build_tokenizer
 from archzoo.data.splits import load_splits
-from archzoo.features.packing import LOSS_STREAM, STREAMS
-from archzoo.features.pipeline import Pipeline, auto_chunk_len, chunk_documents, validation_batches
+from archzoo.features.packing import LOSS_STREAM
+from archzoo.features.pipeline import Pipeline, auto_chunk_len, chunk_documents, row_lengths, validation_batches
 from archzoo.objectives import build_objective
 
-__all__ = ["RunData", "row_lengths", "build_run_data", "target_bytes"]
+__all__ = ["RunData", "build_run_data", "target_bytes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +47,6 @@ class RunData:
     @property
     def special(self):
         return self.tokenizer.special
-
-
-def row_lengths(family: str, train) -> dict[str, int]:
-    """Row length of each stream of ``family`` from a ``TrainConfig`` (``seq_len``, and
-    ``encoder_len`` / ``decoder_len`` for an encoder-decoder)."""
-    if family == "encoder_decoder":
-        return {"encoder": train.encoder_len or train.seq_len, "decoder": train.decoder_len or train.seq_len}
-    return {STREAMS[family][0]: train.seq_len}
 
 
 def target_bytes(batches: list[dict], stream: str, tokenizer) -> int:
