@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from archzoo.config import ConfigError
 
-__all__ = ["main", "EXIT_SIGTERM"]
+__all__ = ["EXIT_SIGTERM", "main"]
 
 # `archzoo run` stopped by SIGTERM (after saving the run under way): the shell's code for it.
 EXIT_SIGTERM = 128 + signal.SIGTERM
@@ -32,9 +33,10 @@ def _params(args) -> int:
 
 
 def _convert(args) -> int:
+    import yaml
+
     from archzoo import convert
     from archzoo.config import to_dict
-    import yaml
 
     model = convert.load_hf(args.source)
     if args.to_hf:
@@ -54,24 +56,46 @@ def _convert(args) -> int:
     return 0
 
 
-def _run(args) -> int:
-    from archzoo.train.config import load_run_configs
-    from archzoo.train.loop import TrainingError, train
-    from archzoo.train.rundir import RunDirError
+def _selected(experiment, names: list[str]):
+    """The runs of ``experiment`` named by ``--run`` (all of them without it)."""
+    if not names:
+        return experiment.runs
+    by_name = {c.name: c for c in experiment.runs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        import difflib
 
-    configs = load_run_configs(args.config, args.overrides)
+        close = difflib.get_close_matches(unknown[0], list(by_name), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{experiment.path}: --run {unknown[0]!r} is not a run of it{hint} (runs: {', '.join(by_name)})")
+    return [by_name[n] for n in names]
+
+
+def _run(args) -> int:
+    from archzoo.train.config import load_experiment
+    from archzoo.train.loop import TrainingError, train
+    from archzoo.train.rundir import RunDirBusy, RunDirError
+    from archzoo.train.sweep import EXIT_BUSY
+
+    experiment = load_experiment(args.config, args.overrides)
+    configs = _selected(experiment, args.run)
     summaries = []
     try:
         for cfg in configs:
-            summaries.append(train(cfg, overwrite=args.overwrite))
+            summaries.append(train(cfg, overwrite=args.overwrite, progress=False if args.no_progress else None))
             if summaries[-1]["stopped_by"] == "sigterm":
                 break
+    except RunDirBusy as e:
+        print(f"archzoo run: error: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except (RunDirError, TrainingError) as e:
         print(f"archzoo run: error: {e}", file=sys.stderr)
         return 1
     from archzoo.analysis.runs import load_run
     from archzoo.analysis.table import comparison_table
 
+    if args.no_table:
+        return EXIT_SIGTERM if summaries[-1]["stopped_by"] == "sigterm" else 0
     # built from what the run directories hold, as `archzoo table` builds it later
     table = comparison_table([load_run(cfg.run_dir) for cfg in configs[: len(summaries)]])
     print(table)
@@ -90,6 +114,54 @@ def _run(args) -> int:
         )
         return EXIT_SIGTERM
     return 0
+
+
+def _sweep(args) -> int:
+    from archzoo.analysis.runs import load_run, sweep_axes
+    from archzoo.analysis.table import comparison_table, sweep_rows, write_sweep_table
+    from archzoo.train import sweep
+    from archzoo.train.config import load_experiment
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+    params = sweep.check_launcher_params(args.launcher_arg)
+    if params and args.launcher != "submitit":
+        raise ConfigError("--launcher-arg sets submitit parameters; it needs --launcher submitit")
+    experiment = load_experiment(args.config, args.overrides)
+    runs = sweep.plan_sweep(experiment, overwrite=args.overwrite)
+    if args.print_commands:
+        print(sweep.format_commands(experiment, runs, args.overrides))
+        return 0
+    sweep_dir = sweep.sweep_dir_of(experiment)
+    if not args.no_estimate:
+        known = sweep._read_manifest(sweep_dir) or {}
+        sweep.estimate_runs(runs, known.get("estimates"), report=lambda m: print(m, file=sys.stderr, flush=True))
+    print(sweep.format_plan(experiment, runs, args.jobs), flush=True)
+    if args.dry_run:
+        return 0
+    sweep.write_manifest(experiment, runs)
+    wall = time.perf_counter()
+    result = sweep.run_sweep(
+        experiment, runs, args.overrides, jobs=args.jobs, launcher=args.launcher,
+        launcher_params=params, overwrite=args.overwrite, progress=not args.no_progress,
+    )
+    records = [load_run(r.cfg.run_dir) for r in runs if r.cfg.run_dir.is_dir() and (r.cfg.run_dir / "run.json").exists()]
+    if records:
+        paths = write_sweep_table(sweep_dir, sweep_rows(records, sweep_axes(sweep_dir)))
+        print(comparison_table(records))
+        print(f"sweep table: {', '.join(str(p) for p in paths)}")
+    print(
+        f"sweep {experiment.name}: {len(result.trained)} trained, {len(result.skipped)} already done, "
+        f"{len(result.failed)} failed, {len(result.busy)} held by another process; {time.perf_counter() - wall:,.0f} s"
+    )
+    for name, message in result.failed.items():
+        print(f"  {name} failed: {message} (traceback: {sweep_dir / name / 'error.txt'})", file=sys.stderr)
+    for name in result.busy:
+        print(f"  {name}: another process trains it; rerun the sweep when it is done", file=sys.stderr)
+    if result.stopped:
+        print("archzoo sweep: interrupted by SIGTERM: the runs under way saved their checkpoints; run the same command to resume", file=sys.stderr)
+        return EXIT_SIGTERM
+    return 1 if result.failed else 0
 
 
 def _table(args) -> int:
@@ -149,7 +221,29 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("config", help="run or experiment config YAML")
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (train.batch_size=8)")
     r.add_argument("--overwrite", action="store_true", help="replace run directories that hold a different config")
+    r.add_argument("--run", action="append", default=[], metavar="NAME", help="train only this run of an experiment (repeatable)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # a sweep's runs: the sweep prints one table
     r.set_defaults(func=_run)
+
+    w = sub.add_parser(
+        "sweep",
+        help="plan and train every run of an experiment, each in its own process; then write the sweep table",
+        description="Plan and train every run of an experiment, each in its own process and run directory. "
+        "Finished runs are skipped, interrupted ones resume, failed ones record error.json and error.txt in their "
+        "directory while the others carry on. Ends with sweep.csv, sweep.jsonl and sweep.md in the sweep directory.",
+    )
+    w.add_argument("config", help="experiment YAML (axes or runs)")
+    w.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys of every run")
+    w.add_argument("--jobs", type=int, default=1, help="runs at once; the CPU cores are divided between them (default 1)")
+    w.add_argument("--dry-run", action="store_true", help="print the plan (with its time estimate) and stop")
+    w.add_argument("--no-estimate", action="store_true", help="plan without timing steps (no time estimate)")
+    w.add_argument("--print-commands", action="store_true", help="print one shell command per run still to train, for any scheduler, and stop")
+    w.add_argument("--launcher", choices=("local", "submitit"), default="local", help="local processes, or submitit jobs (SLURM; its local executor without SLURM)")
+    w.add_argument("--launcher-arg", action="append", default=[], metavar="KEY=VALUE", help="a submitit executor parameter (slurm_partition=gpu, timeout_min=60, cluster=local)")
+    w.add_argument("--overwrite", action="store_true", help="train afresh runs whose directories hold a different config")
+    w.add_argument("--no-progress", action="store_true", help="no progress display")
+    w.set_defaults(func=_sweep)
 
     t = sub.add_parser("table", help="print the comparison table of run directories (or of the runs under a directory)")
     t.add_argument("dirs", nargs="+", help="run directories, or directories holding run directories")

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["SCHEMA_VERSION", "RECORD_FILE", "RecordError", "RunRecord", "write_record", "load_run", "load_sweep"]
+__all__ = ["RECORD_FILE", "SCHEMA_VERSION", "RecordError", "RunRecord", "load_run", "load_sweep", "sweep_axes", "write_record"]
 
 SCHEMA_VERSION = 1
 RECORD_FILE = "run.json"
+ERROR_FILE = "error.json"  # written by a failed attempt, removed by the next one
+SWEEP_FILE = "sweep.json"  # in a sweep directory: the experiment, its runs and their axis values
 _OLD_FILES = ("facts.json", "summary.json")  # schema 0
 
 # What every record holds; a plot or a table may rely on these.
@@ -48,6 +50,8 @@ class RunRecord:
         while it has not ended.
       metrics: the ``metrics.jsonl`` records, one per logged step.
       evals: task evaluation records (``evals.jsonl``), empty when none were run.
+      error: why the last attempt failed (``error.json``: type, message, the traceback file), or
+        None.
     """
 
     run_dir: Path
@@ -56,6 +60,7 @@ class RunRecord:
     summary: dict | None
     metrics: list[dict]
     evals: list[dict]
+    error: dict | None = None
 
     @property
     def name(self) -> str:
@@ -149,7 +154,11 @@ def load_run(run_dir: str | Path) -> RunRecord:
         where = f", line {mark.line + 1}" if mark is not None else ""
         raise RecordError(f"{config_path}{where}: not valid YAML") from None
     facts, summary = _facts_and_summary(run_dir)
-    return RunRecord(run_dir, config or {}, facts, summary, _jsonl(run_dir / "metrics.jsonl"), _jsonl(run_dir / "evals.jsonl"))
+    error_path = run_dir / ERROR_FILE
+    error = _read_json(error_path) if error_path.exists() else None
+    return RunRecord(
+        run_dir, config or {}, facts, summary, _jsonl(run_dir / "metrics.jsonl"), _jsonl(run_dir / "evals.jsonl"), error
+    )
 
 
 def is_run_dir(path: Path) -> bool:
@@ -169,3 +178,20 @@ def load_sweep(sweep_dir: str | Path) -> list[RunRecord]:
     if not runs:
         raise RecordError(f"{sweep_dir}: holds no run directory (none has {RECORD_FILE})")
     return runs
+
+
+def sweep_axes(sweep_dir: str | Path) -> dict[str, dict[str, str]]:
+    """Per run name, its axis values' names by dotted key, from the sweep directory's
+    ``sweep.json`` (empty for a directory that no sweep wrote).
+
+    Raises:
+      RecordError: ``sweep.json`` is unreadable or not a sweep record.
+    """
+    path = Path(sweep_dir) / SWEEP_FILE
+    if not path.exists():
+        return {}
+    record = _read_json(path)
+    axes = record.get("axes") if isinstance(record, dict) else None
+    if not isinstance(axes, dict):
+        raise RecordError(f"{path}: field 'axes' is missing or not a mapping")
+    return axes

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+from pathlib import Path
+
 from archzoo.analysis.runs import RunRecord
 
-__all__ = ["comparison_table"]
+__all__ = ["SWEEP_COLUMNS", "comparison_table", "sweep_rows", "write_sweep_table"]
 
 HEADER = (
     "run", "family", "params", "target tokens", "tokens processed", "FLOPs",
@@ -50,3 +55,80 @@ def comparison_table(records: list[RunRecord]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+# One row per run of a sweep: its axis values, then these (CSV, JSON lines, markdown).
+SWEEP_COLUMNS = (
+    "run", "status", "family", "mask", "objective", "params", "non_embedding_params", "flops_per_token",
+    "steps", "target_tokens", "tokens", "flops", "val_loss_nats", "val_bits_per_byte", "wall_seconds", "error",
+)
+
+
+def _status(record: RunRecord) -> str:
+    if record.summary is not None:
+        return "finished" if record.summary.get("stopped_by") == "budget" else f"stopped by {record.summary['stopped_by']}"
+    return "failed" if record.error else "not finished"
+
+
+def sweep_rows(records: list[RunRecord], axes: dict[str, dict[str, str]] | None = None) -> list[dict]:
+    """One mapping per run: its axis values' names (``axis:<key>`` columns), status, facts and
+    summary (the last logged step's counts for a run that has not finished); the failed run's
+    error message."""
+    axis_keys = list(dict.fromkeys(k for names in (axes or {}).values() for k in names))
+    rows = []
+    for r in records:
+        s = r.summary
+        if s is None:
+            last = r.metrics[-1] if r.metrics else {}
+            s = {k: last.get(k, 0) for k in ("step", "target_tokens", "tokens", "flops")}
+            s["steps"] = s.pop("step")
+        row = {"run": r.name}
+        row.update({f"axis:{k}": (axes or {}).get(r.name, {}).get(k) for k in axis_keys})
+        row["status"] = _status(r)
+        for key in SWEEP_COLUMNS[2:8]:
+            row[key] = r.facts.get(key)
+        for key in SWEEP_COLUMNS[8:15]:
+            row[key] = s.get(key)
+        row["error"] = (r.error or {}).get("message") if r.summary is None else None
+        rows.append(row)
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    header = list(rows[0])
+    table = [header, *([cell(row[k]) for k in header] for row in rows)]
+    widths = [max(len(t[i]) for t in table) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(t, widths)) + " |" for t in table]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_table(sweep_dir: str | Path, rows: list[dict]) -> list[Path]:
+    """Writes ``sweep.csv``, ``sweep.jsonl`` and ``sweep.md`` into ``sweep_dir``; returns them."""
+    sweep_dir = Path(sweep_dir)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files = {
+        "sweep.csv": out.getvalue(),
+        "sweep.jsonl": "".join(json.dumps(row) + "\n" for row in rows),
+        "sweep.md": _markdown(rows),
+    }
+    paths = []
+    for name, text in files.items():
+        path = sweep_dir / name
+        tmp = path.with_name(name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        paths.append(path)
+    return paths

@@ -14,14 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from archzoo.config import ConfigError, _Located, _where, apply_overrides, from_dict, invalid, load_yaml
+from archzoo.config import (
+    ConfigError,
+    _Located,
+    _where,
+    apply_overrides,
+    from_dict,
+    invalid,
+    load_yaml,
+)
 from archzoo.data.config import DataConfig
 from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig, check_seed
 from archzoo.objectives import ObjectiveConfig
 from archzoo.train.optimizer import OptimizerConfig
 
-__all__ = ["BudgetConfig", "TrainConfig", "RunConfig", "load_run_configs"]
+__all__ = ["BudgetConfig", "Experiment", "RunConfig", "TrainConfig", "load_experiment", "load_run_configs"]
 
 
 @dataclass(frozen=True)
@@ -155,11 +163,40 @@ def _load_with_base(path: Path, seen: tuple = ()) -> dict:
     return _merge(_load_with_base((path.parent / base), (*seen, path.resolve())), data)
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """The runs a config file describes, and the axis values that name each of them.
+
+    Attributes:
+      path: the config file.
+      runs: the run configs, in the file's order.
+      axes: per run name, its axis values' names by dotted key (empty for a file without axes).
+    """
+
+    path: Path
+    runs: list[RunConfig]
+    axes: dict[str, dict[str, str]]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
 def load_run_configs(path: str | Path, overrides: list[str] = ()) -> list[RunConfig]:
-    """The runs a config file describes: one, or one per entry of its ``runs`` list.
+    """The runs a config file describes: one, or one per entry of its ``runs`` list, or one per
+    point of its ``axes`` (see :func:`load_experiment`).
+
+    Raises:
+      ConfigError: naming the key, the file and the line.
+    """
+    return load_experiment(path, overrides).runs
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """The runs a config file describes, with the axis values of each.
 
     Args:
-      path: a YAML file (may name a ``base``; may list ``runs`` of overrides).
+      path: a YAML file (may name a ``base``; may list ``runs`` of overrides or declare ``axes``).
       overrides: ``key.sub=value`` strings applied to every run, last.
 
     Raises:
@@ -175,7 +212,7 @@ def load_run_configs(path: str | Path, overrides: list[str] = ()) -> list[RunCon
         raise ConfigError(f"{_where(data, 'exclude')}exclude needs axes to leave points out of")
     runs = data.pop("runs", None)
     if runs is None:
-        return [from_dict(RunConfig, apply_overrides(data, overrides))]
+        return Experiment(path, [from_dict(RunConfig, apply_overrides(data, overrides))], {})
     if not isinstance(runs, list) or not runs:
         raise ConfigError(f"{path}: runs must be a non-empty list of per-run overrides")
     configs = []
@@ -187,7 +224,7 @@ def load_run_configs(path: str | Path, overrides: list[str] = ()) -> list[RunCon
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must differ; got {names}")
-    return configs
+    return Experiment(path, configs, {})
 
 
 def _nested(key: str, value) -> dict:
@@ -196,14 +233,14 @@ def _nested(key: str, value) -> dict:
     return value
 
 
-def _axis_runs(path: Path, data: dict, overrides: list[str]) -> list[RunConfig]:
+def _axis_runs(path: Path, data: dict, overrides: list[str]) -> Experiment:
     """One run per point of the experiment's axes (see :mod:`archzoo.train.axes`)."""
     from archzoo.train.axes import expand_axes
 
     if "runs" in data:
         raise ConfigError(f"{_where(data, 'runs')}an experiment lists runs or declares axes, not both")
     axes, exclude = data.pop("axes"), data.pop("exclude", None)
-    configs = []
+    configs, labels = [], {}
     for point in expand_axes(axes, exclude, data=data, root=RunConfig):
         merged = copy.deepcopy(data)
         for key, value in point.settings:
@@ -213,7 +250,8 @@ def _axis_runs(path: Path, data: dict, overrides: list[str]) -> list[RunConfig]:
             configs.append(from_dict(RunConfig, apply_overrides(merged, overrides)))
         except ConfigError as e:
             raise ConfigError(f"{path}: run {point.name}: {e}") from None
-    return configs
+        labels[point.name] = dict(point.names)
+    return Experiment(path, configs, labels)
 
 
 def resolved(cfg: RunConfig) -> dict:

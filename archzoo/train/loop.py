@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import signal
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -20,16 +21,23 @@ import numpy as np
 from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError
 from archzoo.features.packing import STREAMS
+from archzoo.features.run_data import RunData, build_run_data
 from archzoo.models import build, count_params
 from archzoo.train.checkpoints import RunCheckpoints
 from archzoo.train.config import RunConfig, resolved
 from archzoo.train.flops import forward_flops_per_token, train_flops
 from archzoo.train.optimizer import learning_rate
-from archzoo.features.run_data import RunData, build_run_data
-from archzoo.train.rundir import MetricsWriter, hold_run_dir, prepare_run_dir
+from archzoo.train.rundir import (
+    MetricsWriter,
+    clear_failure,
+    completed_summary,
+    hold_run_dir,
+    prepare_run_dir,
+    record_failure,
+)
 from archzoo.train.step import make_eval_step, make_train_step, split_model
 
-__all__ = ["train", "TrainingError"]
+__all__ = ["TrainingError", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -139,7 +147,12 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
       progress: show a progress bar (default: ``cfg.train.progress``).
 
     Returns:
-      the run's summary (also written to ``run.json``, beside its facts).
+      the run's summary (also written to ``run.json``, beside its facts). A run of this config
+      that already spent its budget in ``cfg.run_dir`` is not trained again: its summary is
+      returned as it stands (unless ``overwrite``).
+
+    A run that fails after taking its directory leaves ``error.json`` (type, message) and
+    ``error.txt`` (the traceback) there; the next attempt removes them.
 
     Raises:
       RunDirError: the directory holds another run, another process trains in it, it cannot be
@@ -147,7 +160,15 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
       TrainingError: the loss became NaN or infinite.
     """
     with hold_run_dir(cfg.run_dir):
-        return _train(cfg, overwrite, progress)
+        config = resolved(cfg)
+        done = None if overwrite else completed_summary(cfg.run_dir, config)
+        if done is not None:
+            return done
+        try:
+            return _train(cfg, overwrite, progress)
+        except Exception as e:
+            record_failure(cfg.run_dir, config, type(e).__name__, str(e), "".join(traceback.format_exception(e)))
+            raise
 
 
 def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
@@ -164,6 +185,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps
     )
     resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite)
+    clear_failure(run_dir)
     data.tokenizer.save(run_dir / data.tokenizer.file_name)
     pipeline, stream = data.pipeline, data.loss_stream
 

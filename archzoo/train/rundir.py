@@ -12,11 +12,15 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["RunDirError", "hold_run_dir", "prepare_run_dir", "MetricsWriter"]
+from archzoo.analysis.runs import ERROR_FILE
+
+__all__ = ["MetricsWriter", "RunDirBusy", "RunDirError", "clear_failure", "completed_summary", "hold_run_dir", "prepare_run_dir", "record_failure"]
 
 LOCK_FILE = "archzoo.lock"  # held (flock) by the one process training in the directory
 HOLDER_FILE = "archzoo.pid"  # that process's id, beside the lock: opening a lock may truncate it
 TENSORBOARD_DIR = "tensorboard"
+FAILURE_FILE = ERROR_FILE  # why the last attempt failed: type, message, the traceback file
+TRACEBACK_FILE = "error.txt"
 
 # Everything archzoo writes in a run directory (the tokenizer copy is tokenizer.json or
 # tokenizer.model, see Tokenizer.file_name); --overwrite removes these and leaves the rest.
@@ -24,12 +28,17 @@ WRITTEN = (
     "config.yaml", "metrics.jsonl", "run.json", "run.json.tmp",
     "facts.json", "facts.tmp", "summary.json", "summary.tmp",  # written before run.json
     "comparison.md", "checkpoints", TENSORBOARD_DIR, "tokenizer.json", "tokenizer.model",
+    FAILURE_FILE, TRACEBACK_FILE,
 )
 
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked (another config, another process, no write
     access, a broken config.yaml)."""
+
+
+class RunDirBusy(RunDirError):
+    """Another process holds the run directory (it trains that run)."""
 
 
 def _os_error(run_dir: Path, e: OSError) -> RunDirError:
@@ -64,7 +73,7 @@ def hold_run_dir(run_dir: Path):
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
-        raise RunDirError(
+        raise RunDirBusy(
             f"{run_dir} is in use by another archzoo process (pid {_holder(run_dir)}); "
             "wait for it to finish, or stop it (SIGTERM saves a checkpoint) and rerun"
         ) from None
@@ -126,7 +135,7 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
                     "choose another name or out_dir, or pass --overwrite to replace it"
                 )
             _remove_written(run_dir)
-        elif run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE) for p in run_dir.iterdir()):
+        elif run_dir.exists() and any(p.name not in (LOCK_FILE, HOLDER_FILE, FAILURE_FILE, TRACEBACK_FILE) for p in run_dir.iterdir()):
             raise RunDirError(
                 f"{run_dir} exists, is not empty and holds no archzoo run (no config.yaml); choose another name or out_dir"
             )
@@ -135,6 +144,58 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
     except OSError as e:
         raise _os_error(run_dir, e) from None
     return False
+
+
+def _same_run(run_dir: Path, config: dict) -> bool:
+    """Whether ``run_dir`` holds a run of ``config`` (its config.yaml reads and matches)."""
+    try:
+        old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return isinstance(old, dict) and not (_diff(old, config) - _NOT_RESULTS)
+
+
+def completed_summary(run_dir: Path, config: dict) -> dict | None:
+    """The summary of a run of ``config`` that already spent its budget in ``run_dir``, or None
+    (no such run, another config, or a run that was interrupted, failed or is still going)."""
+    from archzoo.analysis.runs import RecordError, load_run
+
+    if not _same_run(run_dir, config):
+        return None
+    try:
+        summary = load_run(run_dir).summary
+    except RecordError:
+        return None
+    return summary if summary is not None and summary.get("stopped_by") == "budget" else None
+
+
+def record_failure(run_dir: Path, config: dict, kind: str, message: str, traceback_text: str) -> None:
+    """Writes why a run of ``config`` failed into its directory: ``error.json`` (type, message,
+    time) and the whole traceback in ``error.txt``, also when it failed before writing its config
+    there (a data error); never into a directory that holds another run."""
+    import datetime
+
+    if (run_dir / "config.yaml").exists() and not _same_run(run_dir, config):
+        return
+    if run_dir.exists() and not run_dir.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / TRACEBACK_FILE).write_text(traceback_text)
+        record = {
+            "type": kind,
+            "message": message,
+            "traceback": TRACEBACK_FILE,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        (run_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def clear_failure(run_dir: Path) -> None:
+    """Removes the record of an earlier failed attempt (a new attempt is under way)."""
+    for name in (FAILURE_FILE, TRACEBACK_FILE):
+        with contextlib.suppress(OSError):
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def _read_config(path: Path, overwrite: bool) -> dict:
