@@ -9,6 +9,7 @@ so every run shares the corpus, tokenizer, objective and budget.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from archzoo.config import (
 from archzoo.data.config import DataConfig
 from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig, check_seed
+from archzoo.models.ladder import LadderConfig, size_model
 from archzoo.objectives import ObjectiveConfig
 from archzoo.train.optimizer import OptimizerConfig
 
@@ -40,17 +42,51 @@ class BudgetConfig:
       kind: ``steps``, ``target_tokens`` (tokens the loss is computed on; the same for every
         family on the same data), ``tokens`` (every real token a model reads, inputs included)
         or ``flops`` (training FLOPs computed per family, see :mod:`archzoo.train.flops`).
-      value: the amount.
+      value: the amount (100 when neither it nor ``per_param`` is given).
+      per_param: derive the value from the model's size: ``per_param`` tokens (or target
+        tokens) per parameter, ``20`` being Hoffmann et al. 2022's compute-optimal ratio. Only
+        for ``target_tokens`` and ``tokens`` budgets; a config that gives both keys must give
+        the value they imply.
+      params: which count ``per_param`` multiplies: ``non_embedding`` (N of Kaplan et al.
+        2020 and of the size ladder) or ``total``.
     """
 
     kind: Literal["steps", "target_tokens", "tokens", "flops"] = "steps"
-    value: float = 100
+    value: float | None = None
+    per_param: float | None = None
+    params: Literal["non_embedding", "total"] = "non_embedding"
 
     def __post_init__(self):
-        if not self.value > 0:
-            raise invalid("budget.value", f"must be > 0, got {self.value}")
-        if self.kind != "flops" and self.value != int(self.value):
-            raise invalid("budget.value", f"a {self.kind} budget counts whole {self.kind.replace('_', ' ')}; got {self.value}")
+        if self.per_param is not None:
+            if self.kind not in ("target_tokens", "tokens"):
+                raise invalid("budget.per_param", f"derives a token budget (kind target_tokens or tokens), not kind {self.kind!r}")
+            if not self.per_param > 0:
+                raise invalid("budget.per_param", f"must be > 0, got {self.per_param}")
+            return  # the value comes with the model (RunConfig)
+        if self.value is None:
+            object.__setattr__(self, "value", 100)
+        self._check_value(self.value)
+
+    def _check_value(self, value) -> None:
+        if not value > 0:
+            raise invalid("budget.value", f"must be > 0, got {value}")
+        if self.kind != "flops" and value != int(value):
+            raise invalid("budget.value", f"a {self.kind} budget counts whole {self.kind.replace('_', ' ')}; got {value}")
+
+    def derived(self, counts) -> "BudgetConfig":
+        """The budget with ``value`` set from ``per_param`` and the model's parameter counts
+        (``total``, ``non_embedding``); itself without ``per_param``."""
+        if self.per_param is None:
+            return self
+        n = counts.non_embedding if self.params == "non_embedding" else counts.total
+        value = max(round(self.per_param * n), 1)
+        if self.value is not None and self.value != value:
+            raise invalid(
+                "budget.value",
+                f"{self.value:g} disagrees with budget.per_param={self.per_param:g} x {n:,} {self.params.replace('_', '-')} "
+                f"parameters = {value:,}; give one of the two",
+            )
+        return dataclasses.replace(self, value=value)
 
 
 @dataclass(frozen=True)
@@ -105,11 +141,15 @@ class RunConfig:
       name: the run's name (its directory under ``out_dir``).
       out_dir: parent directory of run directories.
       model, data, objective, optimizer, budget, train: the sections.
+      size: the size ladder's rule (:mod:`archzoo.models.ladder`): when given, it sets the
+        model's width, depth, heads and MLP width for a target non-embedding parameter count,
+        the same rule for every family (the ``model`` section gives the rest).
     """
 
     name: str = "run"
     out_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
+    size: LadderConfig | None = None
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -119,6 +159,13 @@ class RunConfig:
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in (".", ".."):
             raise invalid("name", f"must be a non-empty name without '/' (and not '.' or '..'), got {self.name!r}")
+        # derived sections (frozen: set once, here): the ladder's shape, then a per-parameter budget
+        if self.size is not None:
+            object.__setattr__(self, "model", size_model(self.model, self.size))
+        if self.budget.per_param is not None:
+            from archzoo.models import count_params
+
+            object.__setattr__(self, "budget", self.budget.derived(count_params(self.model)))
         if self.model.position.kind == "learned":
             t = self.train
             for key, length in (("train.seq_len", t.seq_len), ("train.encoder_len", t.encoder_len), ("train.decoder_len", t.decoder_len)):
