@@ -297,9 +297,15 @@ def format_plan(experiment: Experiment, runs: list[PlannedRun], jobs: int) -> st
         f"sweep {experiment.name}: {len(runs)} runs in {sweep_dir_of(experiment)} "
         f"(axes: {', '.join(axis_keys) or 'none'}); {len(runs) - len(todo)} done, {len(todo)} to train"
     )
-    tail = f"estimated time: {_duration(total / max(min(jobs, len(todo)), 1))} with {jobs} job(s)" if todo else "nothing to train"
-    if todo and all(r.estimate for r in runs):
-        tail += " (from 2 timed steps per model; evaluation, checkpoints and process start add to it)"
+    if not todo:
+        tail = "nothing to train"
+    elif not all(r.estimate for r in todo):
+        tail = "no time estimate (--no-estimate)"
+    else:
+        tail = (
+            f"estimated time: {_duration(total / max(min(jobs, len(todo)), 1))} with {jobs} job(s) "
+            "(from 2 timed steps per model; evaluation, checkpoints and process start add to it)"
+        )
     return "\n".join([head, *lines, tail])
 
 
