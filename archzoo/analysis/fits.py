@@ -46,7 +46,11 @@ def _positive_finite(name: str, values) -> np.ndarray:
     return array
 
 
-def _check_runs(arrays: dict[str, np.ndarray], sizes: tuple[str, ...], num_params: int) -> None:
+def _check_runs(
+    arrays: dict[str, np.ndarray], sizes: tuple[str, ...], num_params: int, min_distinct: int = 2
+) -> None:
+    """Equal lengths, at least ``num_params`` runs and ``min_distinct`` distinct values of each
+    of ``sizes`` (also what every bootstrap resample is drawn to hold, so fewer would never end)."""
     lengths = {name: len(a) for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"mismatched lengths: {lengths}; give one value per run in each")
@@ -54,10 +58,16 @@ def _check_runs(arrays: dict[str, np.ndarray], sizes: tuple[str, ...], num_param
     if n < num_params:
         raise ValueError(f"{n} points are fewer than the {num_params} parameters of the fit")
     for name in sizes:
-        if len(np.unique(arrays[name])) == 1:
+        distinct = np.unique(arrays[name])
+        if len(distinct) == 1:
             raise ValueError(
                 f"all {name} are equal ({arrays[name][0]:g}): a single distinct size cannot fit a "
                 f"trend in {name}"
+            )
+        if len(distinct) < min_distinct:
+            shown = ", ".join(f"{v:g}" for v in distinct)
+            raise ValueError(
+                f"{name} has {len(distinct)} distinct values ({shown}); the fit needs {min_distinct}"
             )
 
 
@@ -203,7 +213,8 @@ def fit_power_law(x, loss, *, bootstrap: int = 1000, seed: int = 0) -> PowerLawF
     """
     x = _positive_finite("x", x)
     loss = _positive_finite("loss", loss)
-    _check_runs({"x": x, "loss": loss}, ("x",), num_params=3)
+    # Three parameters: through two distinct sizes any floor E fits exactly.
+    _check_runs({"x": x, "loss": loss}, ("x",), num_params=3, min_distinct=3)
     _check_bootstrap(bootstrap)
 
     log_x0 = np.mean(np.log(x))
