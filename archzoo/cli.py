@@ -180,6 +180,23 @@ def _table(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from archzoo.analysis.plots import format_report, plot_sweep
+    from archzoo.analysis.runs import RecordError, load_sweep
+
+    if args.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    try:
+        records = load_sweep(args.sweep_dir)
+    except RecordError as e:
+        print(f"archzoo plot: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.sweep_dir) / "plots"
+    report = plot_sweep(records, out, bootstrap=args.bootstrap, seed=args.seed)
+    print(format_report(report))
+    return 0 if report.files else 1
+
+
 def _bench(args) -> int:
     from archzoo.bench import DEFAULT_MODEL, bench_train, matmul_peak_flops
     from archzoo.models import load_model_config
@@ -248,6 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table", help="print the comparison table of run directories (or of the runs under a directory)")
     t.add_argument("dirs", nargs="+", help="run directories, or directories holding run directories")
     t.set_defaults(func=_table)
+
+    pl = sub.add_parser(
+        "plot",
+        help="fit a sweep's runs and draw its scaling plots (PNG and SVG)",
+        description="Fit power laws in parameters, tokens and FLOPs per family (bootstrap intervals over runs), find "
+        "where families cross, and draw loss against N, D and C, the compute frontier, IsoFLOP profiles when the runs "
+        "form them, and every run's validation curve. Unfinished or failed runs are skipped with a note.",
+    )
+    pl.add_argument("sweep_dir", help="a directory of run directories (a sweep's out_dir)")
+    pl.add_argument("--out", help="where the figures go (default: SWEEP_DIR/plots)")
+    pl.add_argument("--bootstrap", type=int, default=1000, help="resamples of the runs behind every interval (default 1000; 0: none)")
+    pl.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    pl.set_defaults(func=_plot)
 
     b = sub.add_parser("bench", help="speed benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
