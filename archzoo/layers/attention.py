@@ -24,22 +24,44 @@ __all__ = ["Attention"]
 class Attention(nnx.Module):
     """Projections ``q [D, H, Dh]``, ``k, v [D, G, Dh]``, ``o [H, Dh, D]`` and optional biases."""
 
-    def __init__(self, cfg: AttentionConfig, d_model: int, head_dim: int, *, rngs: nnx.Rngs, init_std: float | None = 0.02):
+    def __init__(
+        self,
+        cfg: AttentionConfig,
+        d_model: int,
+        head_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        init_std: float | None = 0.02,
+        out_std: float | None = None,
+        logit_factor: float = 1.0,
+    ):
+        """Args:
+          cfg: the attention config.
+          d_model, head_dim: widths D and Dh.
+          init_std: std of q, k, v (None = fan_in ** -0.5).
+          out_std: std of o (None = init_std's rule).
+          logit_factor: multiplies the logit scale (μP's 1/head_dim; 1 otherwise).
+        """
         D, H, G, Dh = d_model, cfg.num_heads, cfg.kv_heads, head_dim
+        out_std = init_std if out_std is None else out_std
         self.num_heads, self.num_kv_heads, self.head_dim = H, G, Dh
-        self.scale = Dh**-0.5 if cfg.scale else 1.0
+        self.scale = (Dh**-0.5 if cfg.scale else 1.0) * logit_factor
         self.backend = cfg.backend
-        self.q = param(rngs, dense_init(D, init_std), (D, H, Dh), ("embed", "heads", "head_dim"))
-        self.k = param(rngs, dense_init(D, init_std), (D, G, Dh), ("embed", "kv_heads", "head_dim"))
-        self.v = param(rngs, dense_init(D, init_std), (D, G, Dh), ("embed", "kv_heads", "head_dim"))
-        self.o = param(rngs, dense_init(H * Dh, init_std), (H, Dh, D), ("heads", "head_dim", "embed"))
+
+        def matrix(fan_in, std, shape, axes):
+            return param(rngs, dense_init(fan_in, std), shape, axes, width_role="hidden")
+
+        self.q = matrix(D, init_std, (D, H, Dh), ("embed", "heads", "head_dim"))
+        self.k = matrix(D, init_std, (D, G, Dh), ("embed", "kv_heads", "head_dim"))
+        self.v = matrix(D, init_std, (D, G, Dh), ("embed", "kv_heads", "head_dim"))
+        self.o = matrix(H * Dh, out_std, (H, Dh, D), ("heads", "head_dim", "embed"))
         if cfg.bias:
-            self.q_bias = param(rngs, zeros, (H, Dh), ("heads", "head_dim"))
-            self.k_bias = param(rngs, zeros, (G, Dh), ("kv_heads", "head_dim"))
-            self.v_bias = param(rngs, zeros, (G, Dh), ("kv_heads", "head_dim"))
+            self.q_bias = param(rngs, zeros, (H, Dh), ("heads", "head_dim"), width_role="input")
+            self.k_bias = param(rngs, zeros, (G, Dh), ("kv_heads", "head_dim"), width_role="input")
+            self.v_bias = param(rngs, zeros, (G, Dh), ("kv_heads", "head_dim"), width_role="input")
         else:
             self.q_bias = self.k_bias = self.v_bias = None
-        self.o_bias = param(rngs, zeros, (D,), ("embed",)) if cfg.out_bias else None
+        self.o_bias = param(rngs, zeros, (D,), ("embed",), width_role="input") if cfg.out_bias else None
 
     def _project(self, x_BLD, w, b):
         y = jnp.einsum("BLD,DHd->BLHd", x_BLD, w[...].astype(x_BLD.dtype))  # d: head width Dh

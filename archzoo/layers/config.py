@@ -10,7 +10,7 @@ from typing import Literal
 
 from archzoo.config import invalid
 
-__all__ = ["AttentionConfig", "MlpConfig", "NormConfig", "PositionConfig", "RopeScaling", "EmbeddingConfig"]
+__all__ = ["AttentionConfig", "MlpConfig", "NormConfig", "PositionConfig", "RopeScaling", "EmbeddingConfig", "InitConfig"]
 
 
 @dataclass(frozen=True)
@@ -176,3 +176,51 @@ class EmbeddingConfig:
     scale: bool = False
     tied_head_rescale: bool = False
     final_logits_bias: bool = False
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """How weights are initialised and, for μP, how width scales them, their Adam learning rates
+    and two forward multipliers (Yang et al. 2022, "Tensor Programs V"). The rules, group by
+    group, are :func:`archzoo.layers.init.parametrisation`'s.
+
+    Attributes:
+      kind: ``depth_scaled`` (GPT-2: weights N(0, std), and the projections into the residual
+        stream, attention ``o`` and MLP ``down``, N(0, std / sqrt(N)) with N the residual
+        branches of their stack: 2 per block, 3 with cross-attention), ``normal`` (N(0, std)
+        everywhere) or ``mup`` (maximal update parametrisation, relative to ``base_width``).
+      std: standard deviation of weight matrices and embedding tables (for mup: at base_width).
+        Biases start at 0, norm gains at 1, T5's relative-bias table at N(0, 1).
+      base_width: mup only, required: the d_model at which mup is ``normal``.
+      base_head_dim: mup only: the head width at base_width (None = this config's head_dim, so
+        the attention scale stays 1/sqrt(head_dim): right when width grows by adding heads).
+      output_multiplier: mup only: multiplies the logits, on top of base_width / d_model.
+      attention_multiplier: mup only: multiplies the attention logit scale.
+    """
+
+    kind: Literal["depth_scaled", "normal", "mup"] = "depth_scaled"
+    std: float = 0.02
+    base_width: int | None = None
+    base_head_dim: int | None = None
+    output_multiplier: float = 1.0
+    attention_multiplier: float = 1.0
+
+    def __post_init__(self):
+        if not self.std > 0:
+            raise invalid("init.std", f"must be > 0, got {self.std}")
+        mup_only = {"base_width": None, "base_head_dim": None, "output_multiplier": 1.0, "attention_multiplier": 1.0}
+        if self.kind != "mup":
+            for name, off in mup_only.items():
+                if getattr(self, name) != off:
+                    leave = "null" if off is None else off
+                    message = f"only init.kind=mup reads it (init.kind={self.kind!r}); leave it {leave}"
+                    raise invalid(f"init.{name}", message)
+            return
+        if self.base_width is None:
+            raise invalid("init.base_width", "init.kind=mup needs the d_model at which it equals the normal init")
+        for name in ("base_width", "base_head_dim"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise invalid(f"init.{name}", f"must be >= 1, got {getattr(self, name)}")
+        for name in ("output_multiplier", "attention_multiplier"):
+            if not getattr(self, name) > 0:
+                raise invalid(f"init.{name}", f"must be > 0, got {getattr(self, name)}")

@@ -16,7 +16,7 @@ class Embedding(nnx.Module):
 
     def __init__(self, vocab_size: int, d_model: int, *, scale: bool = False, rngs: nnx.Rngs, init_std: float = 0.02):
         self.scale = d_model**0.5 if scale else 1.0
-        self.table = param(rngs, normal(init_std), (vocab_size, d_model), ("vocab", "embed"))
+        self.table = param(rngs, normal(init_std), (vocab_size, d_model), ("vocab", "embed"), width_role="input")
 
     def __call__(self, tokens_BL: jax.Array, dtype=jnp.float32) -> jax.Array:
         """Returns ``[B, L, D]`` in ``dtype``."""
@@ -32,7 +32,8 @@ class Head(nnx.Module):
     """An untied output head ``[D, V]``."""
 
     def __init__(self, d_model: int, vocab_size: int, *, rngs: nnx.Rngs, init_std: float = 0.02):
-        self.kernel = param(rngs, normal(init_std), (d_model, vocab_size), ("embed", "vocab"))
+        axes = ("embed", "vocab")
+        self.kernel = param(rngs, normal(init_std), (d_model, vocab_size), axes, width_role="output")
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         """Logits ``[B, L, V]`` (float32)."""

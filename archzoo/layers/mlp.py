@@ -26,14 +26,25 @@ class Mlp(nnx.Module):
     optional biases.
     """
 
-    def __init__(self, cfg: MlpConfig, d_model: int, *, rngs: nnx.Rngs, init_std: float | None = None):
+    def __init__(
+        self,
+        cfg: MlpConfig,
+        d_model: int,
+        *,
+        rngs: nnx.Rngs,
+        init_std: float | None = None,
+        out_std: float | None = None,
+    ):
+        """Args: the MLP config, width D, std of up and gate (None = fan_in ** -0.5) and of down
+        (None = init_std's rule)."""
         D, F = d_model, cfg.d_ff
+        out_std = init_std if out_std is None else out_std
         self.activation = cfg.activation
-        self.up = param(rngs, dense_init(D, init_std), (D, F), ("embed", "mlp"))
-        self.gate = param(rngs, dense_init(D, init_std), (D, F), ("embed", "mlp")) if cfg.gated else None
-        self.down = param(rngs, dense_init(F, init_std), (F, D), ("mlp", "embed"))
-        self.up_bias = param(rngs, zeros, (F,), ("mlp",)) if cfg.bias else None
-        self.down_bias = param(rngs, zeros, (D,), ("embed",)) if cfg.bias else None
+        self.up = param(rngs, dense_init(D, init_std), (D, F), ("embed", "mlp"), width_role="hidden")
+        self.gate = param(rngs, dense_init(D, init_std), (D, F), ("embed", "mlp"), width_role="hidden") if cfg.gated else None
+        self.down = param(rngs, dense_init(F, out_std), (F, D), ("mlp", "embed"), width_role="hidden")
+        self.up_bias = param(rngs, zeros, (F,), ("mlp",), width_role="input") if cfg.bias else None
+        self.down_bias = param(rngs, zeros, (D,), ("embed",), width_role="input") if cfg.bias else None
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         """Args: x ``[B, L, D]``. Returns ``[B, L, D]``."""

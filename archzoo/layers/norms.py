@@ -23,8 +23,9 @@ class Norm(nnx.Module):
     def __init__(self, cfg: NormConfig, d_model: int, *, rngs: nnx.Rngs):
         self.kind = cfg.kind
         self.eps = cfg.eps
-        self.scale = param(rngs, ones, (d_model,), ("embed",))
-        self.bias = param(rngs, zeros, (d_model,), ("embed",)) if cfg.kind == "layernorm" and cfg.bias else None
+        self.scale = param(rngs, ones, (d_model,), ("embed",), width_role="input")
+        has_bias = cfg.kind == "layernorm" and cfg.bias
+        self.bias = param(rngs, zeros, (d_model,), ("embed",), width_role="input") if has_bias else None
 
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         """Normalises over the last axis; returns the input's dtype."""

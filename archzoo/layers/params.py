@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from archzoo.layers.init import WIDTH_ROLES
+
 __all__ = ["param", "normal", "zeros", "ones"]
 
 normal = nnx.initializers.normal
@@ -12,15 +14,20 @@ zeros = nnx.initializers.zeros_init()
 ones = nnx.initializers.ones_init()
 
 
-def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype=jnp.float32) -> nnx.Param:
-    """A float32 parameter carrying logical axis names (``("embed", "mlp")``).
+def param(
+    rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], *, width_role: str, dtype=jnp.float32
+) -> nnx.Param:
+    """A float32 parameter carrying logical axis names (``("embed", "mlp")``) and its width role.
 
     The names are metadata for the sharding rules of a mesh (DESIGN.md §5); without a mesh the
-    parameter is created unsharded.
+    parameter is created unsharded. ``width_role`` (``input``, ``hidden`` or ``output``, see
+    :mod:`archzoo.layers.init`) says which of its dimensions grow with width; the optimizer reads
+    it for μP's per-parameter learning rates.
     """
     assert len(shape) == len(axes), (shape, axes)
+    assert width_role in WIDTH_ROLES, width_role
     value = init(rngs.params(), shape, dtype)
-    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False, width_role=width_role)
 
 
 def dense_init(fan_in: int, std: float | None = None):

@@ -39,7 +39,8 @@ class LearnedPositions(nnx.Module):
 
     def __init__(self, cfg: PositionConfig, d_model: int, *, rngs: nnx.Rngs, init_std: float = 0.02):
         self.offset = cfg.offset
-        self.table = param(rngs, normal(init_std), (cfg.offset + cfg.max_len, d_model), (None, "embed"))
+        rows = cfg.offset + cfg.max_len
+        self.table = param(rngs, normal(init_std), (rows, d_model), (None, "embed"), width_role="input")
 
     def __call__(self, positions_BL: jax.Array) -> jax.Array:
         """Returns ``[B, L, D]`` position embeddings (float32)."""
@@ -143,7 +144,7 @@ class RelativePositionBias(nnx.Module):
         self.bidirectional = bidirectional
         self.num_buckets = cfg.num_buckets
         self.max_distance = cfg.max_distance
-        self.table = param(rngs, normal(1.0), (cfg.num_buckets, num_heads), (None, "heads"))
+        self.table = param(rngs, normal(1.0), (cfg.num_buckets, num_heads), (None, "heads"), width_role="input")
 
     def __call__(self, q_positions_BQ: jax.Array, k_positions_BK: jax.Array) -> jax.Array:
         """Returns the additive bias ``[B, H, Q, K]`` (float32)."""

@@ -8,6 +8,7 @@ import numpy as np
 from flax import nnx
 
 from archzoo.layers.embed import Embedding, Head
+from archzoo.layers.init import parametrisation
 from archzoo.masks import TokenFacts, facts as make_facts
 from archzoo.models.config import ModelConfig
 
@@ -100,18 +101,24 @@ class LanguageModel(nnx.Module):
     def _init_embedding(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
         self.config = cfg
         self.dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-        self.embed = Embedding(cfg.vocab_size, cfg.d_model, scale=cfg.embedding.scale, rngs=rngs)
-        self.head = None if cfg.embedding.tie else Head(cfg.d_model, cfg.vocab_size, rngs=rngs)
+        init = parametrisation(cfg.init, cfg.d_model, cfg.head_dim)
+        self.output_multiplier = init.output_multiplier  # μP's base_width / d_model; else 1
+        std = init.embedding_std
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, scale=cfg.embedding.scale, rngs=rngs, init_std=std)
+        self.head = None if cfg.embedding.tie else Head(cfg.d_model, cfg.vocab_size, rngs=rngs, init_std=std)
         self.final_logits_bias = Buffer(jnp.zeros((cfg.vocab_size,), jnp.float32)) if cfg.embedding.final_logits_bias else None
 
     def logits(self, x_BLD: jax.Array) -> jax.Array:
-        """Output logits ``[B, L, V]`` in float32."""
+        """Output logits ``[B, L, V]`` in float32, times the init's output multiplier (μP), plus
+        the fixed logits bias."""
         if self.head is None:
             if self.config.embedding.tied_head_rescale:
                 x_BLD = x_BLD * self.config.d_model**-0.5
             out = self.embed.attend(x_BLD)
         else:
             out = self.head(x_BLD)
+        if self.output_multiplier != 1.0:
+            out = out * self.output_multiplier
         if self.final_logits_bias is not None:
             out = out + self.final_logits_bias[...]
         return out

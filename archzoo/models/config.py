@@ -18,6 +18,7 @@ from archzoo.config import apply_overrides, from_dict, invalid, load_yaml, to_di
 from archzoo.layers.config import (
     AttentionConfig,
     EmbeddingConfig,
+    InitConfig,
     MlpConfig,
     NormConfig,
     PositionConfig,
@@ -35,6 +36,7 @@ __all__ = [
     "PositionConfig",
     "RopeScaling",
     "EmbeddingConfig",
+    "InitConfig",
 ]
 
 
@@ -67,6 +69,9 @@ class ModelConfig:
       mask: the decoder's self-attention mask kind: ``causal`` or ``prefix`` (bidirectional over
         tokens with ``is_input``). A prefix decoder is this class with another mask.
       parallel_block: attention and MLP read the same normed input and add in parallel (PaLM).
+      init: how weights are initialised (GPT-2's depth-scaled normal by default; ``mup`` for
+        width-transferable learning rates). A model that loads weights ignores it, unless it is
+        ``mup``, whose multipliers change the forward pass.
       dtype: compute dtype; parameters stay float32.
       token_ids: special-token ids of a model read from Hugging Face (None: the ids archzoo's
         tokenizers reserve, :mod:`archzoo.data.special`).
@@ -85,6 +90,7 @@ class ModelConfig:
     norm: NormConfig = field(default_factory=NormConfig)
     position: PositionConfig = field(default_factory=PositionConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     dtype: Literal["float32", "bfloat16"] = "float32"
     token_ids: TokenIds | None = None
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archzoo.layers.attention import Attention
+from archzoo.layers.init import Parametrisation, parametrisation
 from archzoo.layers.mlp import Mlp
 from archzoo.layers.norms import Norm
 from archzoo.layers.positions import (
@@ -36,16 +37,28 @@ class Block(nnx.Module):
     parallel (PaLM):         h = norm(x); x += attn(h) + mlp(h)
     """
 
-    def __init__(self, cfg: ModelConfig, *, cross: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, cross: bool, init: Parametrisation, rngs: nnx.Rngs):
         D = cfg.d_model
         self.placement = cfg.norm.placement
         self.parallel = cfg.parallel_block
+
+        def attention():
+            return Attention(
+                cfg.attention,
+                D,
+                cfg.head_dim,
+                rngs=rngs,
+                init_std=init.hidden_std,
+                out_std=init.residual_std,
+                logit_factor=init.attention_factor,
+            )
+
         self.attn_norm = Norm(cfg.norm, D, rngs=rngs)
-        self.attn = Attention(cfg.attention, D, cfg.head_dim, rngs=rngs)
+        self.attn = attention()
         self.cross_norm = Norm(cfg.norm, D, rngs=rngs) if cross else None
-        self.cross_attn = Attention(cfg.attention, D, cfg.head_dim, rngs=rngs) if cross else None
+        self.cross_attn = attention() if cross else None
         self.mlp_norm = None if cfg.parallel_block else Norm(cfg.norm, D, rngs=rngs)
-        self.mlp = Mlp(cfg.mlp, D, rngs=rngs, init_std=0.02)
+        self.mlp = Mlp(cfg.mlp, D, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std)
 
     def __call__(
         self,
@@ -103,11 +116,18 @@ class Stack(nnx.Module):
       cross: blocks have cross-attention (an encoder-decoder's decoder).
       bidirectional: T5 relative buckets look both ways (encoder stacks, and decoder stacks whose
         mask can allow later keys: a prefix decoder's).
+
+    The init counts this stack's residual branches for ``depth_scaled``: 2 per block (attention,
+    MLP; a parallel block adds both), 3 with cross-attention; an encoder-decoder's two stacks
+    count theirs apart, as each has its own residual stream.
     """
 
     def __init__(self, cfg: ModelConfig, num_layers: int, *, cross: bool, bidirectional: bool, rngs: nnx.Rngs):
         pos = cfg.position
-        self.positions = LearnedPositions(pos, cfg.d_model, rngs=rngs) if pos.kind == "learned" else None
+        branches = (3 if cross else 2) * num_layers
+        init = parametrisation(cfg.init, cfg.d_model, cfg.head_dim, residual_branches=branches)
+        learned = pos.kind == "learned"
+        self.positions = LearnedPositions(pos, cfg.d_model, rngs=rngs, init_std=init.embedding_std) if learned else None
         self.relative_bias = (
             RelativePositionBias(pos, cfg.attention.num_heads, bidirectional=bidirectional, rngs=rngs)
             if pos.kind == "t5_bias"
@@ -116,7 +136,7 @@ class Stack(nnx.Module):
         self.alibi_slopes = tuple(float(s) for s in alibi_slopes(cfg.attention.num_heads)) if pos.kind == "alibi" else None
         self.rope_inv_freq = tuple(float(f) for f in rope_inverse_frequencies(pos, cfg.head_dim)) if pos.kind == "rope" else None
         self.embed_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.embedding_norm else None
-        self.blocks = nnx.List([Block(cfg, cross=cross, rngs=rngs) for _ in range(num_layers)])
+        self.blocks = nnx.List([Block(cfg, cross=cross, init=init, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.final_norm else None
 
     def __call__(

@@ -13,10 +13,13 @@ from typing import Literal
 
 import jax
 import optax
+from flax import nnx
 
 from archzoo.config import invalid
+from archzoo.layers.init import WIDTH_ROLES, parametrisation
+from archzoo.models.config import ModelConfig
 
-__all__ = ["OptimizerConfig", "learning_rate", "build_optimizer", "decay_mask"]
+__all__ = ["OptimizerConfig", "learning_rate", "build_optimizer", "decay_mask", "lr_multipliers"]
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,33 @@ def decay_mask(params) -> object:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def lr_multipliers(model_config: ModelConfig, params):
+    """Per-parameter learning-rate multipliers: μP's ``base_width / d_model`` on the hidden
+    matrices (TP5, Table 8, Adam), 1 on everything else and on every parameter of other inits.
+
+    Args:
+      model_config: the model's config (its init and widths).
+      params: the model's parameters as split by the step (``nnx.State`` of ``nnx.Param``), each
+        carrying the ``width_role`` it was created with.
+
+    Returns:
+      ``params``' structure with a Python float in place of each array.
+    """
+    hidden_lr = parametrisation(model_config.init, model_config.d_model, model_config.head_dim).hidden_lr
+
+    def multiplier(variable):
+        assert isinstance(variable, nnx.Variable), f"expected nnx parameters, got {type(variable).__name__}"
+        role = variable.get_metadata().get("width_role")
+        assert role in WIDTH_ROLES, f"a parameter without a width role ({role!r}): create it with layers.params.param"
+        return variable.replace(hidden_lr if role == "hidden" else 1.0)
+
+    return jax.tree.map(multiplier, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
 def build_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     """Clipping then AdamW at unit learning rate: the step multiplies the update by the
-    schedule's learning rate (decay stays decoupled: ``lr * (adam + wd * w)``, as in AdamW)."""
+    schedule's learning rate and each parameter's :func:`lr_multipliers` (decay stays decoupled
+    and scales with them: ``lr * m * (adam + wd * w)``, as AdamW couples decay to the lr)."""
     adamw = optax.adamw(learning_rate=1.0, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
     if cfg.clip_norm is None:
         return adamw

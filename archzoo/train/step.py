@@ -1,4 +1,5 @@
-"""One jitted, pure training step: gradients (accumulated over micro-batches), clipping, AdamW.
+"""One jitted, pure training step: gradients (accumulated over micro-batches), clipping, AdamW,
+per-parameter learning rates (μP's; all 1 for other inits).
 
 The model is split once into its static graph and its parameters (``nnx.split``); the step
 takes and returns plain pytrees, so it can be checkpointed and resumed bit for bit.
@@ -13,7 +14,7 @@ import optax
 from flax import nnx
 
 from archzoo.train.loss import loss_fn
-from archzoo.train.optimizer import OptimizerConfig, build_optimizer
+from archzoo.train.optimizer import OptimizerConfig, build_optimizer, lr_multipliers
 
 __all__ = ["split_model", "make_train_step", "make_eval_step"]
 
@@ -29,7 +30,9 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
     ``batch`` holds arrays ``[A, B, L]`` for ``A = cfg.accumulation_steps`` micro-batches; their
     gradients are summed and divided by the total number of target tokens, so accumulation
     gives the gradient of the mean loss over every target token of the step.
-    ``lr`` is the learning rate of this update (a schedule over budget progress).
+    ``lr`` is the learning rate of this update (a schedule over budget progress); each
+    parameter's update is also multiplied by its :func:`~archzoo.train.optimizer.lr_multipliers`
+    (read from the model's config while tracing), which leaves the step as it was where they are 1.
 
     Returns:
       the jitted step and the optimizer (for ``opt_state = tx.init(params)``).
@@ -58,7 +61,8 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
-        updates = jax.tree.map(lambda u: lr * u, updates)
+        multipliers = lr_multipliers(nnx.merge(graphdef, params, rest).config, params)
+        updates = jax.tree.map(lambda u, m: lr * u if m == 1.0 else (lr * m) * u, updates, multipliers)
         params = optax.apply_updates(params, updates)
         metrics = {"loss_nats": loss_sum / denom, "grad_norm": grad_norm, "target_tokens": tokens}
         return params, opt_state, metrics
