@@ -14,6 +14,7 @@ from einops import rearrange
 
 from archzoo.config import to_dict
 from archzoo.data.special import SpecialTokens
+from archzoo.layers.config import InitConfig
 from archzoo.models.config import ModelConfig, NormConfig, PositionConfig, TokenIds
 
 __all__ = [
@@ -301,7 +302,11 @@ def _essence(cfg: ModelConfig) -> dict:
     if pos.kind != "t5_bias":
         pos = dataclasses.replace(pos, num_buckets=default.num_buckets, max_distance=default.max_distance)
     norm = cfg.norm if cfg.norm.kind == "layernorm" else dataclasses.replace(cfg.norm, bias=NormConfig().bias)
-    settled = dataclasses.replace(cfg, name="", dtype="float32", attention=attention, position=pos, norm=norm, token_ids=None)
+    # how weights started changes nothing once they are trained; μP's multipliers change the forward
+    init = cfg.init if cfg.init.kind == "mup" else InitConfig()
+    settled = dataclasses.replace(
+        cfg, name="", dtype="float32", attention=attention, position=pos, norm=norm, token_ids=None, init=init
+    )
     return to_dict(settled)
 
 

@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import archzoo
+from archzoo.analysis.runs import write_record
 from archzoo.checkpoint import restore_weights, save_weights
 from archzoo.cli import main
 from archzoo.train.checkpoints import CheckpointError, RunCheckpoints
@@ -33,10 +34,13 @@ def finished(tmp_path_factory):
 
 @pytest.fixture
 def run(finished):
-    """The finished run's directory, as it was when the run ended."""
+    """The finished run's directory as a kill just after its last checkpoint leaves it: every
+    checkpoint saved, the summary not yet written (a finished run is not trained again)."""
     path, run_dir, pristine = finished
     shutil.rmtree(run_dir)
     shutil.copytree(pristine, run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    write_record(run_dir, record["facts"], None)
     return path, run_dir
 
 
