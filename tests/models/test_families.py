@@ -100,6 +100,26 @@ def test_prefix_decoder_with_empty_prefix_equals_causal_exactly(decoder_pair):
     np.testing.assert_array_equal(np.asarray(want), np.asarray(prefix(x, f)))
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_one_layer_prefix_decoder_gives_the_causal_targets_and_two_layers_do_not(name):
+    """A target query sees the same keys under both masks; only the prefix tokens' own outputs
+    differ, and those reach a target from the second layer on. So a one-layer prefix decoder
+    predicts every target exactly as its causal twin (its loss is the same)."""
+    x = tokens(np.random.default_rng(4), 2, 10)
+    is_input = np.arange(10)[None] < np.array([[4], [6]])
+    f = archzoo.facts(is_input=is_input)
+    targets = ~is_input
+    for layers, equal in ((1, True), (2, False)):
+        cfg = dict(DECODERS[name], num_layers=layers)
+        causal, prefix = archzoo.build(**cfg, seed=5), archzoo.build(**cfg, mask="prefix", seed=5)
+        a, b = np.asarray(causal(x, f))[targets], np.asarray(prefix(x, f))[targets]
+        if equal:
+            np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+        else:
+            assert np.abs(b - a).max() > 1e-4
+        assert np.abs(np.asarray(causal(x, f))[is_input] - np.asarray(prefix(x, f))[is_input]).max() > 1e-4
+
+
 def _packed_equals_alone(model, lengths, is_input_len=None):
     """Packs examples of ``lengths`` into one padded row and compares with each run alone."""
     rng = np.random.default_rng(sum(lengths))
