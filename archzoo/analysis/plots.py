@@ -163,7 +163,9 @@ def _draw_fit(ax, fit: PowerLawFit, lo: float, hi: float, style: _Style, group: 
     return line
 
 
-def _mark_crossings(ax, comparison: Comparison) -> None:
+def _mark_crossings(ax, comparison: Comparison, row: int) -> int:
+    """Marks the pair's crossings, their labels from label row ``row`` down (rows stagger the
+    labels of crossings that lie close); returns the next free row."""
     a, b = comparison.names
     for k, (C, (lo, hi)) in enumerate(zip(comparison.crossover.crossings, comparison.crossover.intervals)):
         gid = _gid("crossover", f"{a}|{b}|{k}")
@@ -174,13 +176,16 @@ def _mark_crossings(ax, comparison: Comparison) -> None:
             )
         ax.annotate(
             f"{a} = {b}\nC ≈ {C:.2g}",
-            xy=(C, 0.98),
+            xy=(C, 0.98 - 0.09 * (row % 6)),
             xycoords=("data", "axes fraction"),
             xytext=(3, 0),
             textcoords="offset points",
             va="top",
             fontsize="x-small",
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
         )
+        row += 1
+    return row
 
 
 def scaling_figure(analysis: SweepAnalysis, axis: str) -> Figure:
@@ -212,8 +217,12 @@ def scaling_figure(analysis: SweepAnalysis, axis: str) -> Figure:
             handles.append((dots, _draw_fit(ax, fit, x.min(), x.max(), style, group)))
             labels.append(_fit_label(group, axis, fit))
     if axis == "C":
+        row = 0
         for comparison in analysis.comparisons:
-            _mark_crossings(ax, comparison)
+            row = _mark_crossings(ax, comparison, row)
+    losses = [p.loss for p in analysis.points]
+    if losses:  # the runs set the view; a wide band past the smallest run would flatten them
+        ax.set_ylim(min(losses) / 1.12, max(losses) * 1.12)
     _log_axes(ax, AXIS_LABELS[axis])
     _outside_legend(ax, handles, labels, title="runs and fit (band: 95% bootstrap)")
     return fig
