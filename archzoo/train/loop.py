@@ -207,13 +207,15 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         params, opt_state = restored.state["params"], restored.state["opt_state"]
         counters = restored.meta["counters"]
         pipeline.restore(restored.meta["pipeline"])
+        # the wall time of the attempts before, up to that checkpoint (none recorded before archzoo kept it)
+        wall_start -= restored.meta.get("wall_seconds", 0.0)
     writer = MetricsWriter(run_dir, resume_step if resume_step is not None else (0 if resuming else None))
 
     def save(step: int) -> None:
         manager.save(
             step,
             {"params": params, "opt_state": opt_state},
-            {"counters": counters, "pipeline": pipeline.state()},
+            {"counters": counters, "pipeline": pipeline.state(), "wall_seconds": time.perf_counter() - wall_start},
         )
 
     def evaluate() -> dict:

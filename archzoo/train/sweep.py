@@ -460,7 +460,7 @@ def run_sweep(
     shares = _cpu_shares(jobs)
     free = list(range(jobs))
     quiet = jobs > 1 or launcher != "local"
-    extra = [*overrides, "--no-table", *(["--overwrite"] if overwrite else []), *(["--no-progress"] if quiet else [])]
+    extra = [*overrides, "--no-table", *(["--overwrite"] if overwrite else []), *(["--no-progress"] if quiet or not progress else [])]
     if quiet:
         (sweep_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[PlannedRun, object, int, Path | None]] = {}
