@@ -338,6 +338,13 @@ def analyse_sweep(records: list[RunRecord], *, bootstrap: int = 1000, seed: int 
         members = [p for p in points if p.group == group]
         fits[group], note = _fit_axes(members, bootstrap, seed)
         notes += [note] if note else []
+        floorless = [axis for axis, fit in fits[group].items() if fit.E < 0.01 * min(p.loss for p in members)]
+        if floorless:
+            notes.append(
+                f"{group}: the fit in {', '.join(floorless)} puts the irreducible loss E at or near 0 (a pure power law "
+                "fits as well): its runs do not pin E, so read E and its interval as unknown, and b as the "
+                "slope over the measured range"
+            )
         parabolas[group], fit, isoflop_notes = _isoflop(members, bootstrap, seed)
         notes += isoflop_notes
         if parabolas[group] and fits[group]:

@@ -498,3 +498,19 @@ def test_plots_leave_the_backend_alone_and_never_import_train():
     assert before == after
     assert "matplotlib.pyplot" not in loaded
     assert not {m for m in loaded if m.startswith("archzoo.train") or m.split(".")[0] in ("jax", "flax")}
+
+
+def test_a_fit_whose_floor_runs_to_zero_says_its_runs_do_not_pin_it(tmp_path):
+    """Losses from a pure power law (E = 0): the report says E is not pinned; a law with a clear
+    floor gets no such note."""
+    rng = np.random.default_rng(7)
+    for name, law in (("pure", lambda N, D: 30.0 * N**-0.15), ("floored", lambda N, D: 2.0 + 3e3 * N**-0.5)):
+        base = tmp_path / name
+        for N in SIZES:
+            write_run(base, f"r{N:.0f}", N=N, D=20 * N, loss_of=law, rng=rng, sigma=1e-4)
+        notes = analyse_sweep(load_sweep(base), bootstrap=0).notes
+        said = [n for n in notes if "irreducible loss E at or near 0" in n]
+        if name == "pure":
+            assert said and "causal decoder" in said[0]
+        else:
+            assert not said, notes
