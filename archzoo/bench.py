@@ -16,7 +16,7 @@ from archzoo.features.packing import LOSS_STREAM, STREAMS
 from archzoo.models import build, count_params, load_model_config
 from archzoo.train.flops import train_flops
 from archzoo.train.optimizer import OptimizerConfig
-from archzoo.train.step import make_train_step, split_model
+from archzoo.train.step import time_train_steps
 
 __all__ = ["matmul_peak_flops", "bench_train", "DEFAULT_MODEL"]
 
@@ -71,21 +71,9 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
       per step, ``mfu`` (fraction of ``peak``), ``params``.
     """
     cfg = load_model_config(model_cfg)
-    graphdef, params, rest = split_model(build(cfg, seed=0))
-    step, tx = make_train_step(graphdef, OptimizerConfig(lr=1e-3))
-    opt_state = tx.init(params)
     data = _synthetic_batch(cfg, batch, length, prefix=cfg.mask == "prefix")
     data = {k: jnp.asarray(v) for k, v in data.items()}
-    t0 = time.perf_counter()
-    params, opt_state, m = step(params, rest, opt_state, data, 1e-3)
-    jax.block_until_ready(m)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        params, opt_state, m = step(params, rest, opt_state, data, 1e-3)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+    first, times = time_train_steps(build(cfg, seed=0), OptimizerConfig(lr=1e-3), data, steps, 1e-3)
     step_s = float(np.median(times))
     tokens = batch * length * len(STREAMS[cfg.family])
     flops = train_flops(cfg, {k: np.asarray(v[0]) for k, v in data.items()})

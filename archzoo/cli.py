@@ -91,18 +91,17 @@ def _run(args) -> int:
     except (RunDirError, TrainingError) as e:
         print(f"archzoo run: error: {e}", file=sys.stderr)
         return 1
-    from archzoo.analysis.runs import load_run
-    from archzoo.analysis.table import comparison_table
+    if not args.no_table:
+        from archzoo.analysis.runs import load_run
+        from archzoo.analysis.table import comparison_table
 
-    if args.no_table:
-        return EXIT_SIGTERM if summaries[-1]["stopped_by"] == "sigterm" else 0
-    # built from what the run directories hold, as `archzoo table` builds it later
-    table = comparison_table([load_run(cfg.run_dir) for cfg in configs[: len(summaries)]])
-    print(table)
-    budget = configs[0].budget
-    text = f"# {Path(args.config).name}\n\nBudget: {budget.value:,.0f} {budget.kind.replace('_', ' ')} per run.\n\n{table}\n"
-    for cfg in configs[: len(summaries)]:
-        (cfg.run_dir / "comparison.md").write_text(text)
+        # built from what the run directories hold, as `archzoo table` builds it later
+        table = comparison_table([load_run(cfg.run_dir) for cfg in configs[: len(summaries)]])
+        print(table)
+        budget = configs[0].budget
+        text = f"# {Path(args.config).name}\n\nBudget: {budget.value:,.0f} {budget.kind.replace('_', ' ')} per run.\n\n{table}\n"
+        for cfg in configs[: len(summaries)]:
+            (cfg.run_dir / "comparison.md").write_text(text)
     last = summaries[-1]
     if last["stopped_by"] == "sigterm":
         left = len(configs) - len(summaries)
@@ -117,7 +116,7 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from archzoo.analysis.runs import load_run, sweep_axes
+    from archzoo.analysis.runs import is_run_dir, load_run, sweep_axes, sweep_manifest
     from archzoo.analysis.table import comparison_table, sweep_rows, write_sweep_table
     from archzoo.train import sweep
     from archzoo.train.config import load_experiment
@@ -134,7 +133,7 @@ def _sweep(args) -> int:
         return 0
     sweep_dir = sweep.sweep_dir_of(experiment)
     if not args.no_estimate:
-        known = sweep._read_manifest(sweep_dir) or {}
+        known = sweep_manifest(sweep_dir) or {}
         sweep.estimate_runs(runs, known.get("estimates"), report=lambda m: print(m, file=sys.stderr, flush=True))
     print(sweep.format_plan(experiment, runs, args.jobs), flush=True)
     if args.dry_run:
@@ -145,7 +144,7 @@ def _sweep(args) -> int:
         experiment, runs, args.overrides, jobs=args.jobs, launcher=args.launcher,
         launcher_params=params, overwrite=args.overwrite, progress=not args.no_progress,
     )
-    records = [load_run(r.cfg.run_dir) for r in runs if r.cfg.run_dir.is_dir() and (r.cfg.run_dir / "run.json").exists()]
+    records = [load_run(r.cfg.run_dir) for r in runs if is_run_dir(r.cfg.run_dir)]
     if records:
         paths = write_sweep_table(sweep_dir, sweep_rows(records, sweep_axes(sweep_dir)))
         print(comparison_table(records))

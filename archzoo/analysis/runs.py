@@ -70,14 +70,23 @@ class RunRecord:
     def finished(self) -> bool:
         return self.summary is not None
 
+    @property
+    def spent_budget(self) -> bool:
+        """The run ended by spending its budget (not stopped early by a signal)."""
+        return self.summary is not None and self.summary.get("stopped_by") == "budget"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``path`` through a temporary file and a rename, so a reader never sees half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
 
 def write_record(run_dir: Path, facts: dict, summary: dict | None = None) -> None:
-    """Writes ``run.json`` atomically (a temporary file, then a rename)."""
-    path = Path(run_dir) / RECORD_FILE
-    tmp = path.with_name(path.name + ".tmp")
+    """Writes ``run.json`` atomically."""
     record = {"schema_version": SCHEMA_VERSION, "facts": facts, "summary": summary}
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_text_atomic(Path(run_dir) / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True))
 
 
 def _read_json(path: Path):
@@ -180,18 +189,24 @@ def load_sweep(sweep_dir: str | Path) -> list[RunRecord]:
     return runs
 
 
-def sweep_axes(sweep_dir: str | Path) -> dict[str, dict[str, str]]:
-    """Per run name, its axis values' names by dotted key, from the sweep directory's
-    ``sweep.json`` (empty for a directory that no sweep wrote).
+def sweep_manifest(sweep_dir: str | Path) -> dict | None:
+    """The sweep directory's ``sweep.json`` (the experiment, its runs, their axis values and
+    estimates), or None in a directory that no sweep wrote.
 
     Raises:
       RecordError: ``sweep.json`` is unreadable or not a sweep record.
     """
     path = Path(sweep_dir) / SWEEP_FILE
     if not path.exists():
-        return {}
+        return None
     record = _read_json(path)
-    axes = record.get("axes") if isinstance(record, dict) else None
-    if not isinstance(axes, dict):
+    if not isinstance(record, dict) or not isinstance(record.get("axes"), dict):
         raise RecordError(f"{path}: field 'axes' is missing or not a mapping")
-    return axes
+    return record
+
+
+def sweep_axes(sweep_dir: str | Path) -> dict[str, dict[str, str]]:
+    """Per run name, its axis values' names by dotted key, from ``sweep.json`` (empty for a
+    directory that no sweep wrote)."""
+    manifest = sweep_manifest(sweep_dir)
+    return manifest["axes"] if manifest else {}

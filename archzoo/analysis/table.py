@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from archzoo.analysis.runs import RunRecord
+from archzoo.analysis.runs import RunRecord, write_text_atomic
 
 __all__ = ["SWEEP_COLUMNS", "comparison_table", "sweep_rows", "write_sweep_table"]
 
@@ -66,7 +66,7 @@ SWEEP_COLUMNS = (
 
 def _status(record: RunRecord) -> str:
     if record.summary is not None:
-        return "finished" if record.summary.get("stopped_by") == "budget" else f"stopped by {record.summary['stopped_by']}"
+        return "finished" if record.spent_budget else f"stopped by {record.summary['stopped_by']}"
     return "failed" if record.error else "not finished"
 
 
@@ -124,11 +124,6 @@ def write_sweep_table(sweep_dir: str | Path, rows: list[dict]) -> list[Path]:
         "sweep.jsonl": "".join(json.dumps(row) + "\n" for row in rows),
         "sweep.md": _markdown(rows),
     }
-    paths = []
     for name, text in files.items():
-        path = sweep_dir / name
-        tmp = path.with_name(name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        paths.append(path)
-    return paths
+        write_text_atomic(sweep_dir / name, text)
+    return [sweep_dir / name for name in files]

@@ -163,10 +163,10 @@ def completed_summary(run_dir: Path, config: dict) -> dict | None:
     if not _same_run(run_dir, config):
         return None
     try:
-        summary = load_run(run_dir).summary
+        record = load_run(run_dir)
     except RecordError:
         return None
-    return summary if summary is not None and summary.get("stopped_by") == "budget" else None
+    return record.summary if record.spent_budget else None
 
 
 def record_failure(run_dir: Path, config: dict, kind: str, message: str, traceback_text: str) -> None:

@@ -7,6 +7,7 @@ takes and returns plain pytrees, so it can be checkpointed and resumed bit for b
 
 from __future__ import annotations
 
+import time
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from flax import nnx
 from archzoo.train.loss import loss_fn
 from archzoo.train.optimizer import OptimizerConfig, build_optimizer, lr_multipliers
 
-__all__ = ["split_model", "make_train_step", "make_eval_step"]
+__all__ = ["split_model", "make_train_step", "make_eval_step", "time_train_steps"]
 
 
 def split_model(model: nnx.Module):
@@ -79,3 +80,22 @@ def make_eval_step(graphdef):
         return aux["loss_sum_nats"], aux["target_tokens"]
 
     return jax.jit(eval_step)
+
+
+def time_train_steps(model, cfg: OptimizerConfig, batch: dict, steps: int, lr: float) -> tuple[float, list[float]]:
+    """Times training steps of ``model`` on one batch: the first (trace, compile, run), then
+    ``steps`` more, each waited for.
+
+    Returns:
+      the first step's seconds and each later step's seconds.
+    """
+    graphdef, params, rest = split_model(model)
+    step, tx = make_train_step(graphdef, cfg)
+    opt_state = tx.init(params)
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        params, opt_state, m = step(params, rest, opt_state, batch, lr)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1:]

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from archzoo.analysis.runs import SWEEP_FILE, RecordError, is_run_dir, load_run
+from archzoo.analysis.runs import SWEEP_FILE, RecordError, is_run_dir, load_run, sweep_manifest, write_text_atomic
 from archzoo.config import ConfigError
 from archzoo.train.config import Experiment, RunConfig, resolved
 from archzoo.train.rundir import _same_run, record_failure
@@ -123,7 +123,7 @@ def _status(cfg: RunConfig) -> tuple[str, int]:
     except RecordError:
         return "partial", 0
     step = record.metrics[-1]["step"] if record.metrics else 0
-    if record.summary is not None and record.summary.get("stopped_by") == "budget":
+    if record.spent_budget:
         return "done", record.summary["steps"]
     return ("failed" if record.error else "partial"), step
 
@@ -139,7 +139,7 @@ def plan_sweep(experiment: Experiment, *, overwrite: bool = False) -> list[Plann
     from archzoo.models import count_params
 
     sweep_dir = sweep_dir_of(experiment)
-    manifest = _read_manifest(sweep_dir)
+    manifest = sweep_manifest(sweep_dir)
     if manifest and manifest.get("experiment_name") != experiment.name:
         raise ConfigError(
             f"{sweep_dir} holds the sweep of experiment {manifest.get('experiment')!r}, not of {str(experiment.path)!r}; "
@@ -168,16 +168,6 @@ def plan_sweep(experiment: Experiment, *, overwrite: bool = False) -> list[Plann
     return runs
 
 
-def _read_manifest(sweep_dir: Path) -> dict | None:
-    path = sweep_dir / SWEEP_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not a readable sweep record ({e}); move it away to start the sweep afresh") from None
-
-
 def write_manifest(experiment: Experiment, runs: list[PlannedRun]) -> None:
     """``sweep.json``: which experiment, its runs in order and their axis values (atomically)."""
     sweep_dir = sweep_dir_of(experiment)
@@ -189,9 +179,7 @@ def write_manifest(experiment: Experiment, runs: list[PlannedRun]) -> None:
         "axes": {r.name: r.axes for r in runs},
         "estimates": {r.name: dataclasses.asdict(r.estimate) for r in runs if r.estimate is not None},
     }
-    tmp = sweep_dir / (SWEEP_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(sweep_dir / SWEEP_FILE)
+    write_text_atomic(sweep_dir / SWEEP_FILE, json.dumps(record, indent=2))
 
 
 # -- estimates ------------------------------------------------------------------------------------
@@ -210,12 +198,10 @@ def estimate_run(cfg: RunConfig, *, timed_steps: int = 2, counted_batches: int =
     """Times a few training steps of ``cfg`` on its first real batch, and counts the steps its
     budget takes by walking its batches: exactly when the budget ends within
     ``counted_batches``, else extrapolated from their mean."""
-    import jax
-
     from archzoo.features.run_data import build_run_data
     from archzoo.models import build
     from archzoo.train.loop import _advance, _budget_spent
-    from archzoo.train.step import make_train_step, split_model
+    from archzoo.train.step import time_train_steps
 
     data = build_run_data(cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps)
     budget = cfg.budget
@@ -229,21 +215,10 @@ def estimate_run(cfg: RunConfig, *, timed_steps: int = 2, counted_batches: int =
     spent = _budget_spent(budget.kind, counters)
     steps = counters["step"] if spent >= budget.value else math.ceil(budget.value / spent * counters["step"])
     flops = counters["flops"] * steps / counters["step"]
-    graphdef, params, rest = split_model(build(cfg.model, seed=cfg.train.seed))
-    step, tx = make_train_step(graphdef, cfg.optimizer)
-    opt_state = tx.init(params)
-    t0 = time.perf_counter()
-    params, opt_state, m = step(params, rest, opt_state, first, cfg.optimizer.lr)
-    jax.block_until_ready(m)
-    compile_seconds = time.perf_counter() - t0
-    times = []
-    for _ in range(timed_steps):
-        t0 = time.perf_counter()
-        params, opt_state, m = step(params, rest, opt_state, first, cfg.optimizer.lr)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
+    model = build(cfg.model, seed=cfg.train.seed)
+    first_seconds, times = time_train_steps(model, cfg.optimizer, first, timed_steps, cfg.optimizer.lr)
     step_seconds = min(times)
-    return Estimate(steps, step_seconds, max(compile_seconds - step_seconds, 0.0), flops)
+    return Estimate(steps, step_seconds, max(first_seconds - step_seconds, 0.0), flops)
 
 
 def estimate_runs(runs: list[PlannedRun], known: dict | None = None, report=None) -> None:
