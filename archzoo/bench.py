@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archzoo.features.packing import LOSS_STREAM, STREAMS
 from archzoo.models import build, count_params, load_model_config
 from archzoo.train.flops import train_flops
 from archzoo.train.optimizer import OptimizerConfig
@@ -56,9 +55,10 @@ def _synthetic_batch(cfg, batch: int, length: int, prefix: bool) -> dict:
         is_input[:, : length // 2] = True
     weights = np.ones((batch, length), np.float32)
     out = {}
-    for s in STREAMS[cfg.family]:
+    for spec in cfg.stacks:
+        s = spec.name
         out.update({f"{s}_tokens": tokens, f"{s}_segment_ids": ones, f"{s}_positions": positions, f"{s}_is_input": is_input if s == "decoder" else ~is_input})
-    loss = LOSS_STREAM[cfg.family]
+    loss = cfg.loss_stream
     out.update({f"{loss}_targets": tokens, f"{loss}_weights": weights})
     return {k: v[None] for k, v in out.items()}
 
@@ -75,7 +75,7 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
     data = {k: jnp.asarray(v) for k, v in data.items()}
     first, times = time_train_steps(build(cfg, seed=0), OptimizerConfig(lr=1e-3), data, steps, 1e-3)
     step_s = float(np.median(times))
-    tokens = batch * length * len(STREAMS[cfg.family])
+    tokens = batch * length * len(cfg.stacks)
     flops = train_flops(cfg, {k: np.asarray(v[0]) for k, v in data.items()})
     return {
         "params": count_params(cfg).total,

@@ -149,14 +149,14 @@ def generate(
     _check_options(max_new_tokens, temperature, top_k, top_p, seed)
     pad_id = _check_id(pad_id, "pad_id", V)
     eos_id = None if eos_id is None else _check_id(eos_id, "eos_id", V)
-    if isinstance(model, EncoderDecoder):
+    if model.source_stream is not None:
         rows, sources = _encoder_decoder_rows(cfg, prompts, encoder_inputs, decoder_start_id, pad_id, prefix, max_new_tokens)
         source_tokens, source_facts = _right_pad(sources, pad_id)
     else:
         rows = _decoder_rows(cfg, prompts, encoder_inputs, decoder_start_id, max_new_tokens)
         source_tokens = source_facts = None
     bidirectional = (cfg.mask == "prefix") if prefix is None else bool(prefix)
-    tokens, prompt_facts = _left_pad(rows, pad_id, is_input=bidirectional and isinstance(model, Decoder))
+    tokens, prompt_facts = _left_pad(rows, pad_id, is_input=bidirectional and model.source_stream is None)
     graphdef, state = nnx.split(model)
     sampling = None
     if temperature > 0:
@@ -190,17 +190,11 @@ def _decode(graphdef, state, tokens_BL, facts, source_BS, source_facts, sampling
     N = max_new_tokens
     V = model.config.vocab_size
     cache_len = L + N - 1
-    if isinstance(model, EncoderDecoder):
-        memory_BSD, memory_facts = model.encode(source_BS, source_facts)
-        cache = model.init_cache(memory_BSD, memory_facts, cache_len)
+    cache = model.generation_cache(B, cache_len, None if source_BS is None else (source_BS, source_facts))
 
-        def forward(tokens, facts, cache):
-            return model.decode(tokens, facts, None, None, cache=cache)
-    else:
-        cache = model.init_cache(B, cache_len)
-
-        def forward(tokens, facts, cache):
-            return model(tokens, facts, cache=cache)
+    def forward(tokens, facts, cache):
+        out = model.decode_step(tokens, facts, cache)
+        return out.logits, out.cache
 
     def choose(logits_BV, step):
         if sampling is None:
@@ -353,7 +347,7 @@ def _rows(prompts, name: str, vocab_size: int, *, allow_empty: bool) -> list[lis
 
 
 def _check_model(model):
-    if isinstance(model, (Decoder, EncoderDecoder)):
+    if isinstance(model, nnx.Module) and callable(getattr(model, "decode_step", None)):
         return model.config
     raise ValueError(
         f"generate(): cannot generate with a model of type {type(model).__name__}; "

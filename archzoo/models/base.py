@@ -12,7 +12,7 @@ from archzoo.layers.init import parametrisation
 from archzoo.masks import TokenFacts, facts as make_facts
 from archzoo.models.config import ModelConfig
 
-__all__ = ["LanguageModel", "Buffer", "check_tokens"]
+__all__ = ["LanguageModel", "Buffer", "check_tokens", "stream_facts"]
 
 
 class Buffer(nnx.Variable):
@@ -41,6 +41,16 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> jax.Array:
         where = tuple(int(i) for i in np.argwhere(arr == bad)[0])
         raise ValueError(f"{name}: token id {int(bad)} at {where} is outside the vocabulary [0, {vocab_size}) (vocab_size={vocab_size})")
     return jnp.asarray(arr, jnp.int32)
+
+
+def stream_facts(batch: dict, stream: str) -> TokenFacts:
+    """Token facts of one stream of a packed batch (:mod:`archzoo.features.packing`).
+
+    The feature converters keep each example contiguous with positions counting up from 0, so
+    the facts are marked ``ordered`` (causal attention then skips the key blocks after each
+    query block; see :class:`archzoo.masks.TokenFacts`). A hand-made batch must keep that layout.
+    """
+    return TokenFacts(batch[f"{stream}_segment_ids"], batch[f"{stream}_positions"], batch[f"{stream}_is_input"], ordered=True)
 
 
 def check_facts(facts: TokenFacts | None, shape: tuple, name: str) -> TokenFacts:
@@ -74,7 +84,17 @@ def check_positions(positions_BL, max_len: int, name: str) -> None:
 
 
 class LanguageModel(nnx.Module):
-    """Base of the families: token embedding and output head from ``cfg.embedding``."""
+    """Base of the families: token embedding and output head from ``cfg.embedding``.
+
+    Every family has ``forward(...) -> ModelOutput`` (logits, auxiliary losses and statistics,
+    cache), ``__call__`` (the logits alone, for users), and ``batch_inputs(batch)``: the keyword
+    arguments of ``forward`` for a packed training batch, so the loss, the train loop and the
+    benchmarks never ask which family they hold. A family that generates also has
+    ``generation_cache`` and ``decode_step`` (:mod:`archzoo.generation`), and says in
+    ``source_stream`` which input it conditions on besides the prompt (None: only the prompt).
+    """
+
+    source_stream: str | None = None
 
     def check_inputs(self, tokens, facts: TokenFacts | None, stack: str = "") -> tuple[jax.Array, TokenFacts]:
         """Token ids ``[B, L]`` and their facts, checked against the vocabulary and, with a

@@ -27,6 +27,7 @@ from archzoo.layers.config import (
 
 __all__ = [
     "ModelConfig",
+    "StackSpec",
     "load_model_config",
     "check_config_argument",
     "check_seed",
@@ -53,6 +54,25 @@ class TokenIds:
     eos: int | tuple[int, ...] | None = None
     pad: int | None = None
     decoder_start: int | None = None
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One stack of a family, as the FLOP count, the batch and the MoE placement see it.
+
+    Attributes:
+      name: ``decoder`` or ``encoder``; also the batch stream whose tokens it reads.
+      num_layers: its blocks.
+      cross: its blocks cross-attend to the other stack's output (an encoder-decoder's decoder).
+      bidirectional: T5 relative buckets read both ways (see :class:`~archzoo.models.stack.Stack`).
+      head: the output head reads its hidden states (the stream that carries the loss).
+    """
+
+    name: str
+    num_layers: int
+    cross: bool = False
+    bidirectional: bool = False
+    head: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,6 +176,24 @@ class ModelConfig:
         keeps one-way buckets (the T5 decoder's).
         """
         return self.mask == "prefix" and self.attention.sliding_window is None
+
+    @property
+    def stacks(self) -> tuple[StackSpec, ...]:
+        """The family's stacks, in the order a token meets them: the one place that says what
+        each family is made of (the families, FLOP counts and benchmarks read it)."""
+        if self.family == "encoder_decoder":
+            return (
+                StackSpec("encoder", self.encoder_layers, bidirectional=True, head=False),
+                StackSpec("decoder", self.num_layers, cross=True),
+            )
+        if self.family == "encoder":
+            return (StackSpec("encoder", self.num_layers, bidirectional=True),)
+        return (StackSpec("decoder", self.num_layers, bidirectional=self.sees_later_keys),)
+
+    @property
+    def loss_stream(self) -> str:
+        """The batch stream whose targets carry the loss: the stack with the output head."""
+        return next(s.name for s in self.stacks if s.head)
 
     @property
     def head_dim(self) -> int:

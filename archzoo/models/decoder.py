@@ -12,9 +12,10 @@ import jax
 from flax import nnx
 
 from archzoo.masks import Mask, TokenFacts
-from archzoo.models.base import LanguageModel
+from archzoo.models.base import LanguageModel, stream_facts
 from archzoo.models.cache import KVCache, empty_facts, write_facts
 from archzoo.models.config import ModelConfig
+from archzoo.models.output import ModelOutput
 from archzoo.models.self_attention import self_attention_mask
 from archzoo.models.stack import Stack
 
@@ -26,10 +27,11 @@ class Decoder(LanguageModel):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self._init_embedding(cfg, rngs)
-        self.stack = Stack(cfg, cfg.num_layers, cross=False, bidirectional=cfg.sees_later_keys, rngs=rngs)
+        (spec,) = cfg.stacks
+        self.stack = Stack(cfg, spec, rngs=rngs)
 
     def __call__(self, tokens, facts: TokenFacts | None = None, *, cache: KVCache | None = None, mask: Mask | None = None):
-        """Logits for a batch of token ids.
+        """Logits for a batch of token ids (:meth:`forward` has the rest of the output).
 
         Args:
           tokens: int ``[B, L]``.
@@ -42,16 +44,32 @@ class Decoder(LanguageModel):
         Returns:
           logits ``[B, L, V]`` float32; with a cache, ``(logits, updated cache)``.
         """
+        out = self.forward(tokens, facts, cache=cache, mask=mask)
+        return out.logits if cache is None else (out.logits, out.cache)
+
+    def forward(self, tokens, facts: TokenFacts | None = None, *, cache: KVCache | None = None, mask: Mask | None = None) -> ModelOutput:
+        """The :class:`~archzoo.models.output.ModelOutput` of the arguments of :meth:`__call__`:
+        logits, the layers' auxiliary losses and statistics, and the updated cache if given one."""
         tokens, facts = self.check_inputs(tokens, facts)
         kv_facts = facts if cache is None else write_facts(cache.facts, facts, cache.index)
         if mask is None:
             mask = self_attention_mask(self.config, facts, kv_facts)
         x = self.embed(tokens, self.dtype)
-        x, kv = self.stack(x, facts, mask, kv_facts=kv_facts, cache=cache)
-        logits = self.logits(x)
-        if cache is None:
-            return logits
-        return logits, cache.advance(kv, kv_facts, tokens.shape[1])
+        x, out = self.stack(x, facts, mask, kv_facts=kv_facts, cache=cache)
+        new_cache = None if cache is None else cache.advance(out.kv, kv_facts, tokens.shape[1])
+        return ModelOutput.of(self.logits(x), {"decoder": out.report}, new_cache)
+
+    def batch_inputs(self, batch: dict) -> dict:
+        """:meth:`forward`'s arguments for a packed batch: the decoder stream."""
+        return {"tokens": batch["decoder_tokens"], "facts": stream_facts(batch, "decoder")}
+
+    def generation_cache(self, batch: int, max_len: int, source=None) -> KVCache:
+        """An empty cache to generate into (a decoder conditions on its prompt alone)."""
+        return self.init_cache(batch, max_len)
+
+    def decode_step(self, tokens, facts: TokenFacts, cache: KVCache) -> ModelOutput:
+        """Writes ``tokens`` after the cache's filled slots; logits and the updated cache."""
+        return self.forward(tokens, facts, cache=cache)
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache for ``batch`` rows of at most ``max_len`` tokens."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from flax import nnx
 
 from archzoo.masks import Mask, TokenFacts
-from archzoo.models.base import LanguageModel
+from archzoo.models.base import LanguageModel, stream_facts
 from archzoo.models.config import ModelConfig
+from archzoo.models.output import ModelOutput
 from archzoo.models.self_attention import self_attention_mask
 from archzoo.models.stack import Stack
 
@@ -18,12 +19,21 @@ class Encoder(LanguageModel):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self._init_embedding(cfg, rngs)
-        self.stack = Stack(cfg, cfg.num_layers, cross=False, bidirectional=True, rngs=rngs)
+        (spec,) = cfg.stacks
+        self.stack = Stack(cfg, spec, rngs=rngs)
 
     def __call__(self, tokens, facts: TokenFacts | None = None, *, mask: Mask | None = None):
         """Logits ``[B, L, V]`` float32 for int tokens ``[B, L]`` (``full & same_segment`` mask)."""
+        return self.forward(tokens, facts, mask=mask).logits
+
+    def forward(self, tokens, facts: TokenFacts | None = None, *, mask: Mask | None = None) -> ModelOutput:
+        """Logits with the layers' auxiliary losses and statistics."""
         tokens, facts = self.check_inputs(tokens, facts)
         if mask is None:
             mask = self_attention_mask(self.config, facts, bidirectional=True)
-        x, _ = self.stack(self.embed(tokens, self.dtype), facts, mask)
-        return self.logits(x)
+        x, out = self.stack(self.embed(tokens, self.dtype), facts, mask)
+        return ModelOutput.of(self.logits(x), {"encoder": out.report})
+
+    def batch_inputs(self, batch: dict) -> dict:
+        """:meth:`forward`'s arguments for a packed batch: the encoder stream."""
+        return {"tokens": batch["encoder_tokens"], "facts": stream_facts(batch, "encoder")}

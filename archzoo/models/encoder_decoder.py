@@ -9,9 +9,10 @@ from flax import nnx
 
 from archzoo import masks
 from archzoo.masks import TokenFacts
-from archzoo.models.base import LanguageModel
+from archzoo.models.base import LanguageModel, stream_facts
 from archzoo.models.cache import KVCache, empty_facts, write_facts
 from archzoo.models.config import ModelConfig
+from archzoo.models.output import LayerReport, ModelOutput
 from archzoo.models.self_attention import self_attention_mask
 from archzoo.models.stack import Stack
 
@@ -21,24 +22,36 @@ __all__ = ["EncoderDecoder"]
 class EncoderDecoder(LanguageModel):
     """Shared embedding, encoder stack, decoder stack with cross-attention, output head."""
 
+    source_stream = "encoder"
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self._init_embedding(cfg, rngs)
-        self.encoder = Stack(cfg, cfg.encoder_layers, cross=False, bidirectional=True, rngs=rngs)
-        self.decoder = Stack(cfg, cfg.num_layers, cross=True, bidirectional=False, rngs=rngs)
+        encoder, decoder = cfg.stacks
+        self.encoder = Stack(cfg, encoder, rngs=rngs)
+        self.decoder = Stack(cfg, decoder, rngs=rngs)
 
     def encode(self, tokens, facts: TokenFacts | None = None) -> tuple[jax.Array, TokenFacts]:
         """Encoder output ``[B, S, D]`` and the (checked) encoder facts."""
+        memory, facts, _ = self._encode(tokens, facts)
+        return memory, facts
+
+    def _encode(self, tokens, facts: TokenFacts | None) -> tuple[jax.Array, TokenFacts, LayerReport]:
         tokens, facts = self.check_inputs(tokens, facts, "encoder ")
         mask = self_attention_mask(self.config, facts, bidirectional=True)
-        memory, _ = self.encoder(self.embed(tokens, self.dtype), facts, mask)
-        return memory, facts
+        memory, out = self.encoder(self.embed(tokens, self.dtype), facts, mask)
+        return memory, facts, out.report
 
     def cross_kv(self, memory_BSD: jax.Array) -> list:
         """Per decoder layer, the encoder output projected to keys and values (computed once)."""
         return [block.cross_attn.project_kv(memory_BSD) for block in self.decoder.blocks]
 
     def decode(self, tokens, facts: TokenFacts | None, memory_BSD, memory_facts: TokenFacts, *, cache: KVCache | None = None):
-        """Decoder logits given the encoder output (or, with a cache, its cached projections)."""
+        """Decoder logits given the encoder output (or, with a cache, its cached projections);
+        with a cache, ``(logits, updated cache)``."""
+        out = self._decode(tokens, facts, memory_BSD, memory_facts, cache=cache)
+        return out.logits if cache is None else (out.logits, out.cache)
+
+    def _decode(self, tokens, facts, memory_BSD, memory_facts, *, cache: KVCache | None = None) -> ModelOutput:
         tokens, facts = self.check_inputs(tokens, facts, "decoder ")
         if cache is None:
             kv_facts, cross_kv = facts, self.cross_kv(memory_BSD)
@@ -49,11 +62,9 @@ class EncoderDecoder(LanguageModel):
         mask = self_attention_mask(self.config, facts, kv_facts)
         cross_mask = masks.cross(facts, memory_facts)
         x = self.embed(tokens, self.dtype)
-        x, kv = self.decoder(x, facts, mask, kv_facts=kv_facts, cache=cache, cross_kv=cross_kv, cross_mask=cross_mask)
-        logits = self.logits(x)
-        if cache is None:
-            return logits
-        return logits, cache.advance(kv, kv_facts, tokens.shape[1])
+        x, out = self.decoder(x, facts, mask, kv_facts=kv_facts, cache=cache, cross_kv=cross_kv, cross_mask=cross_mask)
+        new_cache = None if cache is None else cache.advance(out.kv, kv_facts, tokens.shape[1])
+        return ModelOutput.of(self.logits(x), {"decoder": out.report}, new_cache)
 
     def __call__(
         self,
@@ -70,8 +81,38 @@ class EncoderDecoder(LanguageModel):
           encoder_facts, decoder_facts: token facts; segment ids pair decoder tokens with the
             encoder tokens of the same packed example.
         """
-        memory, encoder_facts = self.encode(encoder_tokens, encoder_facts)
-        return self.decode(decoder_tokens, decoder_facts, memory, encoder_facts)
+        return self.forward(encoder_tokens, decoder_tokens, encoder_facts, decoder_facts).logits
+
+    def forward(
+        self,
+        encoder_tokens,
+        decoder_tokens,
+        encoder_facts: TokenFacts | None = None,
+        decoder_facts: TokenFacts | None = None,
+    ) -> ModelOutput:
+        """Decoder logits with both stacks' auxiliary losses and statistics."""
+        memory, encoder_facts, encoder_report = self._encode(encoder_tokens, encoder_facts)
+        out = self._decode(decoder_tokens, decoder_facts, memory, encoder_facts)
+        report = LayerReport.merge([encoder_report.prefixed("encoder"), LayerReport(out.losses, out.stats)])
+        return ModelOutput(out.logits, report.losses, report.stats)
+
+    def batch_inputs(self, batch: dict) -> dict:
+        """:meth:`forward`'s arguments for a packed batch: both streams."""
+        return {
+            "encoder_tokens": batch["encoder_tokens"],
+            "decoder_tokens": batch["decoder_tokens"],
+            "encoder_facts": stream_facts(batch, "encoder"),
+            "decoder_facts": stream_facts(batch, "decoder"),
+        }
+
+    def generation_cache(self, batch: int, max_len: int, source=None) -> KVCache:
+        """A decoder cache holding the projections of the encoded ``source = (tokens, facts)``."""
+        memory, memory_facts = self.encode(*source)
+        return self.init_cache(memory, memory_facts, max_len)
+
+    def decode_step(self, tokens, facts: TokenFacts, cache: KVCache) -> ModelOutput:
+        """Writes decoder ``tokens`` after the cache's filled slots; logits and the updated cache."""
+        return self._decode(tokens, facts, None, None, cache=cache)
 
     def init_cache(self, memory_BSD: jax.Array, memory_facts: TokenFacts, max_len: int) -> KVCache:
         """A decoder cache of ``max_len`` slots holding the encoder output's projections."""

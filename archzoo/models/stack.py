@@ -24,7 +24,8 @@ from archzoo.layers.positions import (
 )
 from archzoo.masks import Mask, TokenFacts
 from archzoo.models.cache import write_slots
-from archzoo.models.config import ModelConfig
+from archzoo.models.config import ModelConfig, StackSpec
+from archzoo.models.output import LayerReport, StackOutput
 
 __all__ = ["Block", "Stack"]
 
@@ -60,6 +61,9 @@ class Block(nnx.Module):
         self.mlp_norm = None if cfg.parallel_block else Norm(cfg.norm, D, rngs=rngs)
         self.mlp = Mlp(cfg.mlp, D, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std)
 
+    def _feed_forward(self, h_BLD: jax.Array, valid_BL: jax.Array | None, rng) -> tuple[jax.Array, LayerReport]:
+        return self.mlp(h_BLD), LayerReport()
+
     def __call__(
         self,
         x_BLD: jax.Array,
@@ -71,9 +75,22 @@ class Block(nnx.Module):
         kv_cache: tuple | None = None,
         cross_kv: tuple | None = None,
         cross_mask: Mask | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """Returns the new hidden states ``[B, L, D]`` and this layer's keys and values (the
-        cache's, with the new tokens written, when ``kv_cache = (keys, values, index)``)."""
+        valid_BL: jax.Array | None = None,
+        rng=None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], LayerReport]:
+        """Returns the new hidden states ``[B, L, D]``, this layer's keys and values (the
+        cache's, with the new tokens written, when ``kv_cache = (keys, values, index)``) and its
+        feed-forward layer's report (empty for a dense MLP).
+
+        ``valid_BL`` marks real tokens (padding is False); a layer that routes tokens reads it.
+        ``rng``: a key in training (an MoE router's jitter and noise), None otherwise.
+        """
+        reports = []
+
+        def feed_forward(h):
+            y, report = self._feed_forward(h, valid_BL, rng)
+            reports.append(report)
+            return y
 
         def self_attention(h):
             q = self.attn.project_q(h, positions_BL, inv_freq)
@@ -89,7 +106,7 @@ class Block(nnx.Module):
         if self.parallel:
             h = self.attn_norm(x_BLD)
             a, kv = self_attention(h)
-            x_BLD = x_BLD + a + self.mlp(h)
+            x_BLD = x_BLD + a + feed_forward(h)
             if self.cross_attn is not None:
                 x_BLD = x_BLD + cross_attention(self.cross_norm(x_BLD))
         elif self.placement == "pre":
@@ -97,14 +114,14 @@ class Block(nnx.Module):
             x_BLD = x_BLD + a
             if self.cross_attn is not None:
                 x_BLD = x_BLD + cross_attention(self.cross_norm(x_BLD))
-            x_BLD = x_BLD + self.mlp(self.mlp_norm(x_BLD))
+            x_BLD = x_BLD + feed_forward(self.mlp_norm(x_BLD))
         else:
             a, kv = self_attention(x_BLD)
             x_BLD = self.attn_norm(x_BLD + a)
             if self.cross_attn is not None:
                 x_BLD = self.cross_norm(x_BLD + cross_attention(x_BLD))
-            x_BLD = self.mlp_norm(x_BLD + self.mlp(x_BLD))
-        return x_BLD, kv
+            x_BLD = self.mlp_norm(x_BLD + feed_forward(x_BLD))
+        return x_BLD, kv, reports[0]
 
 
 class Stack(nnx.Module):
@@ -112,18 +129,17 @@ class Stack(nnx.Module):
 
     Args:
       cfg: the model config.
-      num_layers: blocks in this stack.
-      cross: blocks have cross-attention (an encoder-decoder's decoder).
-      bidirectional: T5 relative buckets look both ways (encoder stacks, and decoder stacks whose
-        mask can allow later keys: a prefix decoder's).
+      spec: which of ``cfg.stacks`` this is: its name, blocks, whether they cross-attend (an
+        encoder-decoder's decoder) and whether T5 relative buckets look both ways (encoder
+        stacks, and decoder stacks whose mask can allow later keys: a prefix decoder's).
 
     The init counts this stack's residual branches for ``depth_scaled``: 2 per block (attention,
     MLP; a parallel block adds both), 3 with cross-attention; an encoder-decoder's two stacks
     count theirs apart, as each has its own residual stream.
     """
 
-    def __init__(self, cfg: ModelConfig, num_layers: int, *, cross: bool, bidirectional: bool, rngs: nnx.Rngs):
-        pos = cfg.position
+    def __init__(self, cfg: ModelConfig, spec: StackSpec, *, rngs: nnx.Rngs):
+        pos, num_layers, cross, bidirectional = cfg.position, spec.num_layers, spec.cross, spec.bidirectional
         branches = (3 if cross else 2) * num_layers
         init = parametrisation(cfg.init, cfg.d_model, cfg.head_dim, residual_branches=branches)
         learned = pos.kind == "learned"
@@ -149,7 +165,8 @@ class Stack(nnx.Module):
         cache=None,
         cross_kv: list | None = None,
         cross_mask: Mask | None = None,
-    ) -> tuple[jax.Array, list]:
+        rng=None,
+    ) -> tuple[jax.Array, StackOutput]:
         """Runs the stack over embedded tokens.
 
         Args:
@@ -160,9 +177,11 @@ class Stack(nnx.Module):
           cache: a :class:`~archzoo.models.cache.KVCache` or None.
           cross_kv: per layer (keys, values) of the encoder output, or None.
           cross_mask: decoder-to-encoder mask.
+          rng: a key in training (MoE router jitter and noise), None otherwise.
 
         Returns:
-          hidden states ``[B, L, D]`` and the per-layer (keys, values).
+          hidden states ``[B, L, D]`` and a :class:`~archzoo.models.output.StackOutput` (the
+          per-layer keys and values, and the layers' reports named ``{layer}/{name}``).
         """
         kv_facts = facts if kv_facts is None else kv_facts
         if self.positions is not None:
@@ -175,9 +194,10 @@ class Stack(nnx.Module):
         elif self.alibi_slopes is not None:
             bias = alibi_bias(jnp.asarray(self.alibi_slopes), facts.positions, kv_facts.positions)
         inv_freq = None if self.rope_inv_freq is None else jnp.asarray(self.rope_inv_freq, jnp.float32)
-        new_kv = []
+        valid = facts.segment_ids != 0
+        new_kv, reports = [], []
         for i, block in enumerate(self.blocks):
-            x_BLD, kv = block(
+            x_BLD, kv, report = block(
                 x_BLD,
                 mask=mask,
                 bias_BHQK=bias,
@@ -186,8 +206,11 @@ class Stack(nnx.Module):
                 kv_cache=None if cache is None else cache.layer(i),
                 cross_kv=None if cross_kv is None else cross_kv[i],
                 cross_mask=cross_mask,
+                valid_BL=valid,
+                rng=None if rng is None else jax.random.fold_in(rng, i),
             )
             new_kv.append(kv)
+            reports.append(report.prefixed(str(i)))
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
-        return x_BLD, new_kv
+        return x_BLD, StackOutput(new_kv, LayerReport.merge(reports))

@@ -38,33 +38,34 @@ def stack_matmul_params(cfg: ModelConfig, num_layers: int, cross: bool) -> int:
 
 
 def forward_flops_per_token(cfg: ModelConfig, *, stream: str, context: int, memory: int = 0) -> float:
-    """Forward FLOPs for one token of ``stream`` ("decoder" or "encoder").
+    """Forward FLOPs for one token of ``stream`` (the name of one of ``cfg.stacks``).
 
     Args:
       cfg: the model.
       stream: which stack reads the token.
       context: keys each self-attention query sees (the row length).
-      memory: encoder length for a decoder's cross-attention (encoder-decoder only).
+      memory: keys each cross-attention query sees (the other stack's row length), for a stack
+        that cross-attends.
     """
     d_attn = cfg.attention.num_heads * cfg.head_dim
-    head = 2 * cfg.d_model * cfg.vocab_size
-    if cfg.family == "encoder_decoder":
-        if stream == "encoder":
-            # the encoder stack, plus every decoder layer projecting this token to cross keys/values
-            matmuls = stack_matmul_params(cfg, cfg.encoder_layers, False) + cfg.num_layers * _key_value_params(cfg)
-            return 2 * matmuls + 2 * 2 * cfg.encoder_layers * context * d_attn
-        return 2 * stack_matmul_params(cfg, cfg.num_layers, True) + 2 * 2 * cfg.num_layers * (context + memory) * d_attn + head
-    return 2 * stack_matmul_params(cfg, cfg.num_layers, False) + 2 * 2 * cfg.num_layers * context * d_attn + head
+    spec = next((s for s in cfg.stacks if s.name == stream), None)
+    if spec is None:
+        raise ValueError(f"stream {stream!r}: this {cfg.family} model's stacks are {[s.name for s in cfg.stacks]}")
+    matmuls = stack_matmul_params(cfg, spec.num_layers, spec.cross)
+    # a stack others cross-attend to: each of their layers projects its tokens to keys and values
+    readers = 0 if spec.cross else sum(s.num_layers for s in cfg.stacks if s.cross)
+    matmuls += readers * _key_value_params(cfg)
+    keys = context + (memory if spec.cross else 0)
+    head = 2 * cfg.d_model * cfg.vocab_size if spec.head else 0
+    return 2 * matmuls + 2 * 2 * spec.num_layers * keys * d_attn + head
 
 
 def train_flops(cfg: ModelConfig, batch: dict) -> float:
     """Training FLOPs (3x forward) of one packed batch, counting only real (non-padding) tokens."""
+    lengths = {s.name: batch[f"{s.name}_segment_ids"].shape[1] for s in cfg.stacks}
     total = 0.0
-    for stream in ("encoder", "decoder"):
-        seg = batch.get(f"{stream}_segment_ids")
-        if seg is None:
-            continue
-        tokens = int(np.count_nonzero(seg))
-        memory = batch["encoder_segment_ids"].shape[1] if (cfg.family == "encoder_decoder" and stream == "decoder") else 0
-        total += tokens * forward_flops_per_token(cfg, stream=stream, context=seg.shape[1], memory=memory)
+    for spec in cfg.stacks:
+        tokens = int(np.count_nonzero(batch[f"{spec.name}_segment_ids"]))
+        memory = sum(n for name, n in lengths.items() if name != spec.name) if spec.cross else 0
+        total += tokens * forward_flops_per_token(cfg, stream=spec.name, context=lengths[spec.name], memory=memory)
     return 3.0 * total

@@ -20,7 +20,6 @@ import numpy as np
 
 from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError
-from archzoo.features.packing import STREAMS
 from archzoo.features.run_data import RunData, build_run_data
 from archzoo.models import build, count_params
 from archzoo.train.checkpoints import RunCheckpoints
@@ -61,7 +60,7 @@ def _trim_to_target_budget(batch: dict, stream: str, allowed: int) -> dict:
 
 def _advance(counters: dict, batch: dict, cfg: RunConfig, stream: str) -> tuple[dict, int]:
     """The budget counters after one step on ``batch``, and the tokens it processed."""
-    tokens = int(sum(np.count_nonzero(batch[f"{s}_segment_ids"]) for s in STREAMS[cfg.model.family]))
+    tokens = int(sum(np.count_nonzero(batch[f"{s.name}_segment_ids"]) for s in cfg.model.stacks))
     micro_batches = ({k: v[a] for k, v in batch.items()} for a in range(cfg.optimizer.accumulation_steps))
     counters = {
         "step": counters["step"] + 1,
@@ -72,28 +71,39 @@ def _advance(counters: dict, batch: dict, cfg: RunConfig, stream: str) -> tuple[
     return counters, tokens
 
 
+def _layer_metrics(metrics: dict) -> dict:
+    """The layers' auxiliary loss and statistics of a step for ``metrics.jsonl`` (none for a
+    dense model): ``aux_loss``, and each statistic by its name (``decoder/3/dropped_fraction``;
+    per-expert ones as lists)."""
+    stats = jax.device_get(metrics["stats"])
+    if not stats:
+        return {}
+    out = {"aux_loss": float(metrics["aux_loss"])}
+    for name, value in stats.items():
+        value = np.asarray(value)
+        out[name] = float(value) if value.ndim == 0 else [float(v) for v in value.reshape(-1)]
+    return out
+
+
 def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
     """The facts of ``run.json``: what a plot or a fit needs to know besides the metrics."""
-    family, lengths = cfg.model.family, data.lengths
-    context = lengths.get("decoder", lengths.get("encoder"))
-    memory = lengths["encoder"] if family == "encoder_decoder" else 0
-    # training FLOPs per token of the stream with the loss (decoder tokens of an encoder-decoder)
-    flops_per_token = 3 * forward_flops_per_token(
-        cfg.model, stream=data.loss_stream, context=context, memory=memory
-    )
+    lengths = data.lengths
+
+    def per_token(spec) -> float:  # training FLOPs per token of one stack's stream
+        memory = sum(v for k, v in lengths.items() if k != spec.name) if spec.cross else 0
+        return 3 * forward_flops_per_token(cfg.model, stream=spec.name, context=lengths[spec.name], memory=memory)
+
     facts = {
-        "family": family,
+        "family": cfg.model.family,
         "mask": cfg.model.mask,
         "objective": cfg.objective.name,
         "params": n.total,
         "non_embedding_params": n.non_embedding,
         "active_params": n.total,
-        "flops_per_token": flops_per_token,
     }
-    if family == "encoder_decoder":
-        facts["flops_per_encoder_token"] = 3 * forward_flops_per_token(
-            cfg.model, stream="encoder", context=lengths["encoder"]
-        )
+    # per token of the stream with the loss (decoder tokens of an encoder-decoder), and of the others
+    for spec in cfg.model.stacks:
+        facts["flops_per_token" if spec.name == data.loss_stream else f"flops_per_{spec.name}_token"] = per_token(spec)
     facts.update(
         vocab_size=data.tokenizer.vocab_size,
         # every training row starts with this token (decoders: before inputs ++ targets); a
@@ -173,7 +183,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
 
 def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     """:func:`train`, once this process holds the run directory."""
-    run_dir, budget, family = cfg.run_dir, cfg.budget, cfg.model.family
+    run_dir, budget = cfg.run_dir, cfg.budget
     wall_start = time.perf_counter()
     if jax.process_count() > 1:
         raise ConfigError(
@@ -258,6 +268,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
                 "grad_norm": grad_norm,
                 **{k: counters[k] for k in ("target_tokens", "tokens", "flops")},
                 "tokens_per_s": tokens / seconds,
+                **_layer_metrics(metrics),
             }
             # A SIGTERM ends the run at this step: saved, and scored for the summary. Its metrics
             # lines are the ones an uninterrupted run writes, so a resumed run's file equals one.
@@ -287,7 +298,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
 
     summary = {
         "name": cfg.name,
-        "family": family,
+        "family": cfg.model.family,
         "mask": cfg.model.mask,
         "params": n.total,
         "steps": counters["step"],

@@ -8,29 +8,20 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from archzoo.features.packing import LOSS_STREAM
-from archzoo.masks import TokenFacts
+from archzoo.models.base import stream_facts
+from archzoo.models.output import ModelOutput
 
-__all__ = ["model_logits", "loss_fn", "stream_facts"]
+__all__ = ["model_output", "model_logits", "loss_fn", "stream_facts"]
 
 
-def stream_facts(batch: dict, stream: str) -> TokenFacts:
-    """Token facts of one stream of a packed batch.
-
-    The feature converters keep each example contiguous with positions counting up from 0, so
-    the facts are marked ``ordered`` (causal attention then skips the key blocks after each
-    query block; see :class:`archzoo.masks.TokenFacts`). A hand-made batch must keep that layout.
-    """
-    return TokenFacts(batch[f"{stream}_segment_ids"], batch[f"{stream}_positions"], batch[f"{stream}_is_input"], ordered=True)
+def model_output(model, batch: dict) -> ModelOutput:
+    """The model's output on a packed batch (its family says which streams it reads)."""
+    return model.forward(**model.batch_inputs(batch))
 
 
 def model_logits(model, batch: dict) -> jax.Array:
     """Logits ``[B, L, V]`` of the stream that carries the loss."""
-    family = model.config.family
-    if family == "encoder_decoder":
-        return model(batch["encoder_tokens"], batch["decoder_tokens"], stream_facts(batch, "encoder"), stream_facts(batch, "decoder"))
-    stream = LOSS_STREAM[family]
-    return model(batch[f"{stream}_tokens"], stream_facts(batch, stream))
+    return model_output(model, batch).logits
 
 
 def loss_fn(model, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
@@ -42,10 +33,14 @@ def loss_fn(model, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
       z_loss: coefficient of the auxiliary ``log(Z)^2`` term (PaLM, §5), 0 to disable.
 
     Returns:
-      the loss to minimise, and ``{"loss_nats", "loss_sum_nats", "target_tokens", "z_loss"}``.
+      the loss to minimise (cross-entropy, z-loss and the layers' auxiliary losses), and
+      ``{"loss_nats", "loss_sum_nats", "target_tokens", "z_loss", "aux_loss", "stats"}``:
+      ``aux_loss`` is the sum of the layers' weighted losses (0 for a dense model), ``stats``
+      the layers' statistics (:class:`~archzoo.models.output.ModelOutput`).
     """
-    stream = LOSS_STREAM[model.config.family]
-    logits = model_logits(model, batch).astype(jnp.float32)
+    stream = model.config.loss_stream
+    out = model_output(model, batch)
+    logits = out.logits.astype(jnp.float32)
     targets, weights = batch[f"{stream}_targets"], batch[f"{stream}_weights"].astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
@@ -54,4 +49,6 @@ def loss_fn(model, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
     denom = jnp.maximum(count, 1.0)
     loss_nats = nll_sum / denom
     z_term = z_loss * jnp.sum(log_z**2 * weights) / denom
-    return loss_nats + z_term, {"loss_nats": loss_nats, "loss_sum_nats": nll_sum, "target_tokens": count, "z_loss": z_term}
+    aux = out.aux_loss
+    metrics = {"loss_nats": loss_nats, "loss_sum_nats": nll_sum, "target_tokens": count, "z_loss": z_term}
+    return loss_nats + z_term + aux, {**metrics, "aux_loss": aux, "stats": {**out.losses, **out.stats}}

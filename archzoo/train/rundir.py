@@ -271,8 +271,10 @@ class MetricsWriter:
 
     def _scalars(self, record: dict) -> None:
         for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                self._tb.add_scalar(k, v, record["step"])
+            values = enumerate(v) if isinstance(v, list) else [(None, v)]  # a list: one scalar per entry (per expert)
+            for i, x in values:
+                if k != "step" and isinstance(x, (int, float)) and math.isfinite(x):
+                    self._tb.add_scalar(k if i is None else f"{k}/{i}", x, record["step"])
 
     def close(self) -> None:
         self._file.close()

@@ -31,6 +31,10 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
     ``batch`` holds arrays ``[A, B, L]`` for ``A = cfg.accumulation_steps`` micro-batches; their
     gradients are summed and divided by the total number of target tokens, so accumulation
     gives the gradient of the mean loss over every target token of the step.
+    Auxiliary losses (the z-loss, an MoE layer's balancing losses) are means per micro-batch,
+    weighted by its target tokens like the cross-entropy. ``metrics`` holds ``loss_nats``,
+    ``grad_norm``, ``target_tokens``, ``aux_loss`` and the layers' statistics under ``stats``
+    (each the mean over micro-batches).
     ``lr`` is the learning rate of this update (a schedule over budget progress); each
     parameter's update is also multiplied by its :func:`~archzoo.train.optimizer.lr_multipliers`
     (read from the model's config while tracing), which leaves the step as it was where they are 1.
@@ -44,7 +48,7 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
         model = nnx.merge(graphdef, params, rest)
         _, aux = loss_fn(model, micro, cfg.z_loss)
         # Sums, not means, so micro-batches with different token counts weigh correctly.
-        total = aux["loss_sum_nats"] + aux["z_loss"] * jnp.maximum(aux["target_tokens"], 1.0)
+        total = aux["loss_sum_nats"] + (aux["z_loss"] + aux["aux_loss"]) * jnp.maximum(aux["target_tokens"], 1.0)
         return total, aux
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
@@ -54,10 +58,12 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
             grads_sum, loss_sum, tokens = carry
             grads, aux = grad_fn(params, rest, micro)
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-            return (grads_sum, loss_sum + aux["loss_sum_nats"], tokens + aux["target_tokens"]), None
+            carry = (grads_sum, loss_sum + aux["loss_sum_nats"], tokens + aux["target_tokens"])
+            return carry, {"aux_loss": aux["aux_loss"], "stats": aux["stats"]}
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_sum, tokens), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), batch)
+        (grads, loss_sum, tokens), per_micro = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), batch)
+        reported = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)
         denom = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.tree.norm(grads)
@@ -65,7 +71,7 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
         multipliers = lr_multipliers(nnx.merge(graphdef, params, rest).config, params)
         updates = jax.tree.map(lambda u, m: lr * u if m == 1.0 else (lr * m) * u, updates, multipliers)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss_nats": loss_sum / denom, "grad_norm": grad_norm, "target_tokens": tokens}
+        metrics = {"loss_nats": loss_sum / denom, "grad_norm": grad_norm, "target_tokens": tokens, **reported}
         return params, opt_state, metrics
 
     return jax.jit(train_step, donate_argnums=(0, 2)), tx
