@@ -23,9 +23,10 @@ def _params(args) -> int:
     for path in args.configs:
         cfg = load_model_config(path, args.overrides)
         n = count_params(cfg)
-        rows.append((Path(path).stem, cfg.family, n.total, n.embedding, n.non_embedding))
-    header = ("config", "family", "total", "embedding", "non-embedding")
-    table = [header] + [(name, fam, f"{t:,}", f"{e:,}", f"{ne:,}") for name, fam, t, e, ne in rows]
+        rows.append((Path(path).stem, cfg.family, n.total, n.embedding, n.non_embedding, n.active))
+    # active: what one token passes through (an MoE layer's k chosen experts, not all E)
+    header = ("config", "family", "total", "embedding", "non-embedding", "active")
+    table = [header] + [(name, fam, *(f"{v:,}" for v in counts)) for name, fam, *counts in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))

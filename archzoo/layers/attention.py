@@ -13,10 +13,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archzoo.layers.kernels import BACKENDS
+from archzoo.layers.norms import Norm
 from archzoo.layers.params import dense_init, param, zeros
 from archzoo.layers.positions import apply_rope
 from archzoo.masks import Mask
-from archzoo.layers.config import AttentionConfig
+from archzoo.layers.config import AttentionConfig, NormConfig
 
 __all__ = ["Attention"]
 
@@ -34,6 +35,7 @@ class Attention(nnx.Module):
         init_std: float | None = 0.02,
         out_std: float | None = None,
         logit_factor: float = 1.0,
+        norm: NormConfig | None = None,
     ):
         """Args:
           cfg: the attention config.
@@ -41,6 +43,7 @@ class Attention(nnx.Module):
           init_std: std of q, k, v (None = fan_in ** -0.5).
           out_std: std of o (None = init_std's rule).
           logit_factor: multiplies the logit scale (μP's 1/head_dim; 1 otherwise).
+          norm: the norm of ``cfg.qk_norm`` (the model's kind and eps).
         """
         D, H, G, Dh = d_model, cfg.num_heads, cfg.kv_heads, head_dim
         out_std = init_std if out_std is None else out_std
@@ -62,19 +65,34 @@ class Attention(nnx.Module):
         else:
             self.q_bias = self.k_bias = self.v_bias = None
         self.o_bias = param(rngs, zeros, (D,), ("embed",), width_role="input") if cfg.out_bias else None
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm is not None:
+            norm = norm or NormConfig(kind="rmsnorm")
+            self.q_norm = Norm(norm, H * Dh if cfg.qk_norm == "full" else Dh, rngs=rngs)
+            self.k_norm = Norm(norm, G * Dh if cfg.qk_norm == "full" else Dh, rngs=rngs)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def _normed(self, x_BLHD, norm):
+        if norm is None:
+            return x_BLHD
+        if self.qk_norm == "head":
+            return norm(x_BLHD)
+        B, L, H, Dh = x_BLHD.shape
+        return norm(x_BLHD.reshape(B, L, H * Dh)).reshape(B, L, H, Dh)
 
     def _project(self, x_BLD, w, b):
         y = jnp.einsum("BLD,DHd->BLHd", x_BLD, w[...].astype(x_BLD.dtype))  # d: head width Dh
         return y if b is None else y + b[...].astype(x_BLD.dtype)
 
     def project_q(self, x_BLD: jax.Array, positions_BL: jax.Array | None = None, inv_freq=None) -> jax.Array:
-        """Queries ``[B, L, H, Dh]``, rotated by RoPE when ``inv_freq`` is given."""
-        q = self._project(x_BLD, self.q, self.q_bias)
+        """Queries ``[B, L, H, Dh]`` (normed with ``qk_norm``), rotated by RoPE when ``inv_freq`` is given."""
+        q = self._normed(self._project(x_BLD, self.q, self.q_bias), self.q_norm)
         return q if inv_freq is None else apply_rope(q, positions_BL, inv_freq)
 
     def project_kv(self, x_BLD: jax.Array, positions_BL: jax.Array | None = None, inv_freq=None) -> tuple[jax.Array, jax.Array]:
         """Keys and values ``[B, L, G, Dh]``; keys rotated by RoPE when ``inv_freq`` is given."""
-        k = self._project(x_BLD, self.k, self.k_bias)
+        k = self._normed(self._project(x_BLD, self.k, self.k_bias), self.k_norm)
         v = self._project(x_BLD, self.v, self.v_bias)
         return (k if inv_freq is None else apply_rope(k, positions_BL, inv_freq)), v
 

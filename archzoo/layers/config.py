@@ -10,7 +10,7 @@ from typing import Literal
 
 from archzoo.config import invalid
 
-__all__ = ["AttentionConfig", "MlpConfig", "NormConfig", "PositionConfig", "RopeScaling", "EmbeddingConfig", "InitConfig"]
+__all__ = ["AttentionConfig", "MlpConfig", "MoeConfig", "NormConfig", "PositionConfig", "RopeScaling", "EmbeddingConfig", "InitConfig"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class AttentionConfig:
       out_bias: bias on the output projection.
       scale: scale logits by 1/sqrt(head_dim) (T5 folds this into its init and uses none).
       sliding_window: keys with ``q - w < k <= q`` only (Mistral); None = unlimited.
+      qk_norm: normalise queries and keys (the model's norm kind and eps) before RoPE:
+        ``full`` over all heads together (OLMoE), ``head`` over each head (OLMo 2, Qwen 3), None.
       backend: ``xla`` (einsum + dense mask), ``jax`` (jax.nn.dot_product_attention, XLA
         implementation) or ``cudnn`` (jax.nn.dot_product_attention with cuDNN, GPU only).
     """
@@ -36,6 +38,7 @@ class AttentionConfig:
     out_bias: bool = False
     scale: bool = True
     sliding_window: int | None = None
+    qk_norm: Literal["full", "head"] | None = None
     backend: Literal["xla", "jax", "cudnn"] = "xla"
 
     def __post_init__(self):
@@ -224,3 +227,175 @@ class InitConfig:
         for name in ("output_multiplier", "attention_multiplier"):
             if not getattr(self, name) > 0:
                 raise invalid(f"init.{name}", f"must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """A Mixture-of-Experts layer in place of the MLP of some blocks (``model.moe``).
+
+    Each expert is an MLP of the model's ``mlp`` kind (activation, gating, biases) with hidden
+    width ``d_ff``. A router (float32 whatever the compute dtype) scores the experts of every real
+    token; padding is never routed, takes no capacity and counts in no loss or statistic.
+
+    Attributes:
+      num_experts: routed experts E.
+      top_k: experts per token (1: Switch; 2: GShard, GLaM, Mixtral). For ``expert_choice``, the
+        average experts per token, which sets each expert's capacity (``top_k * tokens / E``)
+        unless ``capacity_factor`` is given.
+      router: ``token_choice`` (each token picks its ``top_k`` experts) or ``expert_choice``
+        (Zhou et al. 2022: each expert picks its tokens among a whole group, so a token's output
+        depends on other tokens of the group, later ones included; a causal or prefix decoder
+        refuses it unless ``allow_future_leak``).
+      normalize: renormalise the chosen experts' weights to sum to 1 (Mixtral); otherwise each
+        weight is the router probability over all E (Switch, OLMoE, Qwen-MoE).
+      d_ff: each routed expert's hidden width (None: ``mlp.d_ff``).
+      granularity: fine-grained experts (DeepSeekMoE, Dai et al. 2024): E and k times
+        ``granularity``, each expert's width ``d_ff`` divided by it (same active parameters).
+      num_shared_experts: experts every token passes through (DeepSeekMoE), as one MLP of width
+        ``shared_d_ff``.
+      shared_d_ff: width of the shared experts together (None: ``num_shared_experts`` times
+        the routed experts' width).
+      shared_gate: the shared experts' output is scaled by ``sigmoid(x . w)`` (Qwen-MoE).
+      every, offset: placement: layer i of a stack is MoE when ``i >= first_dense`` and
+        ``(i - first_dense) % every == offset`` (every layer: 1, 0; Switch's odd layers: 2, 1).
+      first_dense: the first blocks of each stack stay dense (DeepSeekMoE).
+      layers: explicit MoE layer indices of each stack instead of every/offset/first_dense.
+      stacks: which stacks take MoE layers (``decoder``, ``encoder``; default both).
+      dispatch: ``dropless`` (every routed token reaches its experts: tokens sorted by expert
+        and a grouped matmul) or ``capacity`` (each expert takes at most ``capacity`` tokens of a
+        group; the rest skip the layer and pass through the residual).
+      capacity_factor: capacity = ``ceil(capacity_factor * top_k * group tokens / E)`` (for
+        ``capacity`` dispatch and ``expert_choice``; expert choice defaults to 1 times top_k).
+      expert_capacity: a fixed capacity per expert and group instead (Hugging Face Switch's
+        ``expert_capacity``).
+      group: the tokens that share capacity: ``row`` (each row of the batch, as in Switch) or
+        ``batch`` (the whole batch).
+      priority: which tokens keep their place when an expert overflows: ``position`` (earlier
+        tokens first; first choices of every token before any second choice) or ``score``
+        (higher router weight first; Riquelme et al. 2021).
+      grouped_matmul: the dropless path's grouped matmul: ``ragged`` (``jax.lax.ragged_dot``),
+        ``blocks`` (each expert's tokens padded to a block of ``block_size`` rows, one batched
+        matmul) or ``auto`` (blocks on CPU, ragged elsewhere: measured by ``archzoo bench moe``).
+      block_size: rows per block of the ``blocks`` grouped matmul.
+      jitter: training only: the router's input is multiplied by U(1 - jitter, 1 + jitter)
+        (Switch); the experts see the input unchanged.
+      noise: training only: Gaussian noise of this std added to the router logits before the
+        top-k choice (noisy top-k gating, Shazeer et al. 2017, with a fixed std).
+      balance: ``loss`` (the load-balancing loss, weighted by ``load_balance_weight``) or
+        ``bias`` (auxiliary-loss-free, DeepSeek-V3: a per-expert bias added to the scores when
+        choosing, never when weighting, moved by ``bias_rate`` after each step towards equal
+        load; the loss is then reported but not trained on).
+      load_balance_weight: coefficient of the Switch Transformer load-balancing loss (eq. 4:
+        ``E * sum_e f_e P_e``, 1 when balanced), per MoE layer.
+      z_loss_weight: coefficient of the router z-loss (ST-MoE: mean ``logsumexp(logits)^2``).
+      bias_rate: the bias update speed of ``balance: bias``.
+      allow_future_leak: acknowledges that expert choice in a causal or prefix decoder lets
+        tokens see later tokens.
+    """
+
+    num_experts: int = 8
+    top_k: int = 2
+    router: Literal["token_choice", "expert_choice"] = "token_choice"
+    normalize: bool = True
+    d_ff: int | None = None
+    granularity: int = 1
+    num_shared_experts: int = 0
+    shared_d_ff: int | None = None
+    shared_gate: bool = False
+    every: int = 1
+    offset: int = 0
+    first_dense: int = 0
+    layers: tuple[int, ...] | None = None
+    stacks: tuple[str, ...] = ("encoder", "decoder")
+    dispatch: Literal["dropless", "capacity"] = "dropless"
+    capacity_factor: float | None = None
+    expert_capacity: int | None = None
+    group: Literal["row", "batch"] = "row"
+    priority: Literal["position", "score"] = "position"
+    grouped_matmul: Literal["auto", "ragged", "blocks"] = "auto"
+    block_size: int = 64
+    jitter: float = 0.0
+    noise: float = 0.0
+    balance: Literal["loss", "bias"] = "loss"
+    load_balance_weight: float = 0.01
+    z_loss_weight: float = 0.0
+    bias_rate: float = 0.001
+    allow_future_leak: bool = False
+
+    def __post_init__(self):
+        if self.num_experts < 1:
+            raise invalid("moe.num_experts", f"an MoE layer needs at least one expert, got {self.num_experts}")
+        if self.granularity < 1:
+            raise invalid("moe.granularity", f"must be >= 1, got {self.granularity}")
+        if self.top_k < 1:
+            raise invalid("moe.top_k", f"must be >= 1, got {self.top_k}")
+        if self.router == "token_choice" and self.top_k > self.num_experts:
+            raise invalid(
+                "moe.top_k", f"top_k={self.top_k} is more than moe.num_experts={self.num_experts}: a token cannot pick more experts than there are"
+            )
+        if self.d_ff is not None and self.d_ff < 1:
+            raise invalid("moe.d_ff", f"must be >= 1, got {self.d_ff}")
+        if self.d_ff is not None and self.d_ff % self.granularity:
+            raise invalid("moe.d_ff", f"d_ff={self.d_ff} is not divisible by moe.granularity={self.granularity}")
+        if self.num_shared_experts < 0:
+            raise invalid("moe.num_shared_experts", f"must be >= 0, got {self.num_shared_experts}")
+        if self.shared_d_ff is not None and (self.shared_d_ff < 1 or not self.num_shared_experts):
+            raise invalid("moe.shared_d_ff", f"needs moe.num_shared_experts >= 1 and a width >= 1, got {self.shared_d_ff}")
+        if self.shared_gate and not self.num_shared_experts:
+            raise invalid("moe.shared_gate", "gates the shared experts: set moe.num_shared_experts >= 1")
+        if self.every < 1:
+            raise invalid("moe.every", f"must be >= 1, got {self.every}")
+        if not 0 <= self.offset < self.every:
+            raise invalid("moe.offset", f"must be in [0, moe.every={self.every}), got {self.offset}")
+        if self.first_dense < 0:
+            raise invalid("moe.first_dense", f"must be >= 0, got {self.first_dense}")
+        if self.layers is not None:
+            if not self.layers:
+                raise invalid("moe.layers", "an empty list places no MoE layer; remove moe, or list layer indices")
+            if any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
+                raise invalid("moe.layers", f"layer indices must be distinct and >= 0, got {list(self.layers)}")
+        bad = [s for s in self.stacks if s not in ("encoder", "decoder")]
+        if bad or not self.stacks:
+            raise invalid("moe.stacks", f"valid stacks: encoder, decoder; got {list(self.stacks)}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise invalid("moe.capacity_factor", f"must be > 0, got {self.capacity_factor}")
+        if self.expert_capacity is not None and self.expert_capacity < 1:
+            raise invalid("moe.expert_capacity", f"must be >= 1, got {self.expert_capacity}")
+        if self.block_size < 1:
+            raise invalid("moe.block_size", f"must be >= 1, got {self.block_size}")
+        for name in ("jitter", "noise", "load_balance_weight", "z_loss_weight", "bias_rate"):
+            if not getattr(self, name) >= 0:
+                raise invalid(f"moe.{name}", f"must be >= 0, got {getattr(self, name)}")
+        if self.jitter >= 1:
+            raise invalid("moe.jitter", f"must be < 1 (inputs are scaled by U(1 - jitter, 1 + jitter)), got {self.jitter}")
+
+    @property
+    def experts(self) -> int:
+        """Routed experts, fine-grained ones counted."""
+        return self.num_experts * self.granularity
+
+    @property
+    def k(self) -> int:
+        """Experts per token, fine-grained ones counted."""
+        return self.top_k * self.granularity
+
+    def expert_width(self, mlp_d_ff: int) -> int:
+        """Each routed expert's hidden width."""
+        width = self.d_ff or mlp_d_ff
+        if width % self.granularity:
+            raise invalid("moe.granularity", f"the expert width {width} (mlp.d_ff) is not divisible by granularity={self.granularity}")
+        return width // self.granularity
+
+    def shared_width(self, mlp_d_ff: int) -> int:
+        """The shared experts' hidden width together (0: none)."""
+        if not self.num_shared_experts:
+            return 0
+        return self.shared_d_ff or self.num_shared_experts * (self.d_ff or mlp_d_ff)
+
+    def is_moe(self, stack: str, layer: int) -> bool:
+        """Whether block ``layer`` of ``stack`` has an MoE layer."""
+        if stack not in self.stacks:
+            return False
+        if self.layers is not None:
+            return layer in self.layers
+        return layer >= self.first_dense and (layer - self.first_dense) % self.every == self.offset

@@ -9,7 +9,7 @@ from flax import nnx
 from archzoo.layers.params import dense_init, param, zeros
 from archzoo.layers.config import MlpConfig
 
-__all__ = ["Mlp", "ACTIVATIONS"]
+__all__ = ["Mlp", "ACTIVATIONS", "feed_forward"]
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -17,6 +17,22 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "silu": jax.nn.silu,
 }
+
+
+def feed_forward(x, activation: str, matmul, up, down, gate=None, up_bias=None, down_bias=None):
+    """``down(act(up(x)))`` or, gated, ``down(act(gate(x)) * up(x))``, with optional biases.
+
+    The one MLP formula of the dense MLP and of every MoE expert path: ``matmul(x, w)``
+    multiplies rows by (their expert's) weights ``w``, and a bias is already laid out to add to
+    its output. Weights and biases are cast to ``x``'s dtype by the caller's ``matmul``.
+    """
+    act = ACTIVATIONS[activation]
+    h = matmul(x, up)
+    if up_bias is not None:
+        h = h + up_bias
+    h = act(matmul(x, gate)) * h if gate is not None else act(h)
+    y = matmul(h, down)
+    return y if down_bias is None else y + down_bias
 
 
 class Mlp(nnx.Module):
@@ -49,15 +65,17 @@ class Mlp(nnx.Module):
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         """Args: x ``[B, L, D]``. Returns ``[B, L, D]``."""
         dtype = x_BLD.dtype
-        act = ACTIVATIONS[self.activation]
-        h_BLF = jnp.einsum("BLD,DF->BLF", x_BLD, self.up[...].astype(dtype))
-        if self.up_bias is not None:
-            h_BLF = h_BLF + self.up_bias[...].astype(dtype)
-        if self.gate is not None:
-            h_BLF = act(jnp.einsum("BLD,DF->BLF", x_BLD, self.gate[...].astype(dtype))) * h_BLF
-        else:
-            h_BLF = act(h_BLF)
-        y_BLD = jnp.einsum("BLF,FD->BLD", h_BLF, self.down[...].astype(dtype))
-        if self.down_bias is not None:
-            y_BLD = y_BLD + self.down_bias[...].astype(dtype)
-        return y_BLD
+
+        def value(p):
+            return None if p is None else p[...].astype(dtype)
+
+        return feed_forward(
+            x_BLD,
+            self.activation,
+            lambda x, w: jnp.einsum("BLi,io->BLo", x, w),
+            value(self.up),
+            value(self.down),
+            value(self.gate),
+            value(self.up_bias),
+            value(self.down_bias),
+        )

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from archzoo.layers.moe import BalanceBias, MoE
+
 from archzoo.models.config import ModelConfig, check_config_argument, check_seed, load_model_config
 from archzoo.models.decoder import Decoder
 from archzoo.models.encoder import Encoder
@@ -42,7 +44,10 @@ def build(config: ModelConfig | str | Path | dict | None = None, *, seed: int = 
 
 class ParamCount(dict):
     """``total``, ``embedding`` (token table, learned positions, untied head) and
-    ``non_embedding`` parameters (Kaplan et al. 2020 count the latter)."""
+    ``non_embedding`` parameters (Kaplan et al. 2020 count the latter), and ``active``: the
+    parameters one token passes through (an MoE layer's routed experts counted ``top_k`` times,
+    not E; the total for a dense model). Like the published active counts (Mixtral's 12.9B),
+    ``active`` keeps the embeddings, the router and the shared experts."""
 
     @property
     def total(self) -> int:
@@ -56,11 +61,16 @@ class ParamCount(dict):
     def non_embedding(self) -> int:
         return self["non_embedding"]
 
+    @property
+    def active(self) -> int:
+        return self["active"]
+
 
 def count_params(config: ModelConfig | str | Path | dict | nnx.Module) -> ParamCount:
     """Counts parameters without allocating weights (``nnx.eval_shape``).
 
-    Buffers (BART's final_logits_bias) are not parameters and are not counted.
+    Buffers (BART's final_logits_bias) are not parameters and are not counted, nor is the
+    routing bias of ``moe.balance: bias`` (DeepSeek-V3 keeps it as a buffer).
     """
     if isinstance(config, nnx.Module):
         model = config
@@ -70,9 +80,12 @@ def count_params(config: ModelConfig | str | Path | dict | nnx.Module) -> ParamC
         model = nnx.eval_shape(lambda: FAMILIES[cfg.family](cfg, rngs=nnx.Rngs(params=0)))
     total = embedding = 0
     for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if isinstance(leaf, BalanceBias):
+            continue
         n = int(np.prod(leaf.shape))
         total += n
         names = {str(p) for p in path}
         if names & {"embed", "head"} or ("positions" in names and "table" in names):
             embedding += n
-    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding)
+    inactive = sum(m.inactive_params() for _, m in nnx.iter_modules(model) if isinstance(m, MoE))
+    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding, active=total - inactive)

@@ -20,6 +20,7 @@ from archzoo.layers.config import (
     EmbeddingConfig,
     InitConfig,
     MlpConfig,
+    MoeConfig,
     NormConfig,
     PositionConfig,
     RopeScaling,
@@ -38,6 +39,7 @@ __all__ = [
     "RopeScaling",
     "EmbeddingConfig",
     "InitConfig",
+    "MoeConfig",
 ]
 
 
@@ -95,6 +97,8 @@ class ModelConfig:
       dtype: compute dtype; parameters stay float32.
       token_ids: special-token ids of a model read from Hugging Face (None: the ids archzoo's
         tokenizers reserve, :mod:`archzoo.data.special`).
+      moe: Mixture-of-Experts layers in place of some blocks' MLPs (None: a dense model); see
+        :class:`~archzoo.layers.config.MoeConfig` for the routers, placement and dispatch.
     """
 
     family: Literal["decoder", "encoder_decoder", "encoder"] = "decoder"
@@ -113,6 +117,7 @@ class ModelConfig:
     init: InitConfig = field(default_factory=InitConfig)
     dtype: Literal["float32", "bfloat16"] = "float32"
     token_ids: TokenIds | None = None
+    moe: MoeConfig | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers"):
@@ -132,6 +137,37 @@ class ModelConfig:
             raise invalid("attention.head_dim", f"RoPE needs an even head width, got {self.head_dim}")
         if self.position.kind == "t5_bias":
             self._check_relative_buckets()
+        if self.moe is not None:
+            self._check_moe()
+
+    def _check_moe(self):
+        """MoE placement inside the stacks, and expert choice only where it cannot leak."""
+        moe = self.moe
+        moe.expert_width(self.mlp.d_ff)  # divisible by the granularity
+        stacks = {s.name: s.num_layers for s in self.stacks}
+        if moe.layers is not None:
+            for name in moe.stacks:
+                if name in stacks and max(moe.layers) >= stacks[name]:
+                    raise invalid(
+                        "moe.layers",
+                        f"layer {max(moe.layers)} is past the last layer of the {name} "
+                        f"({stacks[name]} layers: 0..{stacks[name] - 1})",
+                    )
+        placed = {name: [i for i in range(n) if moe.is_moe(name, i)] for name, n in stacks.items()}
+        if not any(placed.values()):
+            where = ", ".join(f"{name} has {n} layers" for name, n in stacks.items())
+            raise invalid(
+                "moe",
+                f"places no MoE layer (moe.stacks={list(moe.stacks)}, every={moe.every}, offset={moe.offset}, "
+                f"first_dense={moe.first_dense}; the {where}); remove moe for a dense model",
+            )
+        if moe.router == "expert_choice" and placed.get("decoder") and not moe.allow_future_leak:
+            raise invalid(
+                "moe.router",
+                "expert_choice in a decoder lets each token's output depend on later tokens of its group "
+                "(every expert picks its tokens among all of them), which a causal or prefix decoder must not see; "
+                "use token_choice, limit moe.stacks to [encoder], or set moe.allow_future_leak: true to study the leak",
+            )
 
     def _check_relative_buckets(self):
         """T5 buckets (Raffel et al. 2020): half hold exact distances, half grow logarithmically up

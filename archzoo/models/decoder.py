@@ -47,15 +47,18 @@ class Decoder(LanguageModel):
         out = self.forward(tokens, facts, cache=cache, mask=mask)
         return out.logits if cache is None else (out.logits, out.cache)
 
-    def forward(self, tokens, facts: TokenFacts | None = None, *, cache: KVCache | None = None, mask: Mask | None = None) -> ModelOutput:
+    def forward(
+        self, tokens, facts: TokenFacts | None = None, *, cache: KVCache | None = None, mask: Mask | None = None, rng=None
+    ) -> ModelOutput:
         """The :class:`~archzoo.models.output.ModelOutput` of the arguments of :meth:`__call__`:
-        logits, the layers' auxiliary losses and statistics, and the updated cache if given one."""
+        logits, the layers' auxiliary losses and statistics, and the updated cache if given one.
+        ``rng``: a key in training (MoE router jitter and noise), None otherwise."""
         tokens, facts = self.check_inputs(tokens, facts)
         kv_facts = facts if cache is None else write_facts(cache.facts, facts, cache.index)
         if mask is None:
             mask = self_attention_mask(self.config, facts, kv_facts)
         x = self.embed(tokens, self.dtype)
-        x, out = self.stack(x, facts, mask, kv_facts=kv_facts, cache=cache)
+        x, out = self.stack(x, facts, mask, kv_facts=kv_facts, cache=cache, rng=rng)
         new_cache = None if cache is None else cache.advance(out.kv, kv_facts, tokens.shape[1])
         return ModelOutput.of(self.logits(x), {"decoder": out.report}, new_cache)
 

@@ -26,12 +26,12 @@ class Encoder(LanguageModel):
         """Logits ``[B, L, V]`` float32 for int tokens ``[B, L]`` (``full & same_segment`` mask)."""
         return self.forward(tokens, facts, mask=mask).logits
 
-    def forward(self, tokens, facts: TokenFacts | None = None, *, mask: Mask | None = None) -> ModelOutput:
-        """Logits with the layers' auxiliary losses and statistics."""
+    def forward(self, tokens, facts: TokenFacts | None = None, *, mask: Mask | None = None, rng=None) -> ModelOutput:
+        """Logits with the layers' auxiliary losses and statistics (``rng``: a key in training)."""
         tokens, facts = self.check_inputs(tokens, facts)
         if mask is None:
             mask = self_attention_mask(self.config, facts, bidirectional=True)
-        x, out = self.stack(self.embed(tokens, self.dtype), facts, mask)
+        x, out = self.stack(self.embed(tokens, self.dtype), facts, mask, rng=rng)
         return ModelOutput.of(self.logits(x), {"encoder": out.report})
 
     def batch_inputs(self, batch: dict) -> dict:

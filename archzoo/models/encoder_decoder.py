@@ -35,10 +35,10 @@ class EncoderDecoder(LanguageModel):
         memory, facts, _ = self._encode(tokens, facts)
         return memory, facts
 
-    def _encode(self, tokens, facts: TokenFacts | None) -> tuple[jax.Array, TokenFacts, LayerReport]:
+    def _encode(self, tokens, facts: TokenFacts | None, rng=None) -> tuple[jax.Array, TokenFacts, LayerReport]:
         tokens, facts = self.check_inputs(tokens, facts, "encoder ")
         mask = self_attention_mask(self.config, facts, bidirectional=True)
-        memory, out = self.encoder(self.embed(tokens, self.dtype), facts, mask)
+        memory, out = self.encoder(self.embed(tokens, self.dtype), facts, mask, rng=rng)
         return memory, facts, out.report
 
     def cross_kv(self, memory_BSD: jax.Array) -> list:
@@ -51,7 +51,7 @@ class EncoderDecoder(LanguageModel):
         out = self._decode(tokens, facts, memory_BSD, memory_facts, cache=cache)
         return out.logits if cache is None else (out.logits, out.cache)
 
-    def _decode(self, tokens, facts, memory_BSD, memory_facts, *, cache: KVCache | None = None) -> ModelOutput:
+    def _decode(self, tokens, facts, memory_BSD, memory_facts, *, cache: KVCache | None = None, rng=None) -> ModelOutput:
         tokens, facts = self.check_inputs(tokens, facts, "decoder ")
         if cache is None:
             kv_facts, cross_kv = facts, self.cross_kv(memory_BSD)
@@ -62,7 +62,7 @@ class EncoderDecoder(LanguageModel):
         mask = self_attention_mask(self.config, facts, kv_facts)
         cross_mask = masks.cross(facts, memory_facts)
         x = self.embed(tokens, self.dtype)
-        x, out = self.decoder(x, facts, mask, kv_facts=kv_facts, cache=cache, cross_kv=cross_kv, cross_mask=cross_mask)
+        x, out = self.decoder(x, facts, mask, kv_facts=kv_facts, cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, rng=rng)
         new_cache = None if cache is None else cache.advance(out.kv, kv_facts, tokens.shape[1])
         return ModelOutput.of(self.logits(x), {"decoder": out.report}, new_cache)
 
@@ -89,10 +89,14 @@ class EncoderDecoder(LanguageModel):
         decoder_tokens,
         encoder_facts: TokenFacts | None = None,
         decoder_facts: TokenFacts | None = None,
+        *,
+        rng=None,
     ) -> ModelOutput:
-        """Decoder logits with both stacks' auxiliary losses and statistics."""
-        memory, encoder_facts, encoder_report = self._encode(encoder_tokens, encoder_facts)
-        out = self._decode(decoder_tokens, decoder_facts, memory, encoder_facts)
+        """Decoder logits with both stacks' auxiliary losses and statistics (``rng``: a key in
+        training, for MoE router jitter and noise)."""
+        encoder_rng, decoder_rng = (None, None) if rng is None else jax.random.split(rng)
+        memory, encoder_facts, encoder_report = self._encode(encoder_tokens, encoder_facts, encoder_rng)
+        out = self._decode(decoder_tokens, decoder_facts, memory, encoder_facts, rng=decoder_rng)
         report = LayerReport.merge([encoder_report.prefixed("encoder"), LayerReport(out.losses, out.stats)])
         return ModelOutput(out.logits, report.losses, report.stats)
 

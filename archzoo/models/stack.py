@@ -14,6 +14,7 @@ from flax import nnx
 from archzoo.layers.attention import Attention
 from archzoo.layers.init import Parametrisation, parametrisation
 from archzoo.layers.mlp import Mlp
+from archzoo.layers.moe import MoE
 from archzoo.layers.norms import Norm
 from archzoo.layers.positions import (
     LearnedPositions,
@@ -36,9 +37,12 @@ class Block(nnx.Module):
     pre (GPT-2, Llama, T5):  x += attn(norm(x)); x += cross(norm(x)); x += mlp(norm(x))
     post (BART):             x = norm(x + attn(x)); x = norm(x + cross(x)); x = norm(x + mlp(x))
     parallel (PaLM):         h = norm(x); x += attn(h) + mlp(h)
+
+    The MLP is an :class:`~archzoo.layers.moe.MoE` layer where ``cfg.moe`` places one
+    (``name`` is ``{stack}/{layer}``, how its report is named).
     """
 
-    def __init__(self, cfg: ModelConfig, *, cross: bool, init: Parametrisation, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, cross: bool, init: Parametrisation, rngs: nnx.Rngs, name: str = "", moe: bool = False):
         D = cfg.d_model
         self.placement = cfg.norm.placement
         self.parallel = cfg.parallel_block
@@ -52,6 +56,7 @@ class Block(nnx.Module):
                 init_std=init.hidden_std,
                 out_std=init.residual_std,
                 logit_factor=init.attention_factor,
+                norm=cfg.norm,
             )
 
         self.attn_norm = Norm(cfg.norm, D, rngs=rngs)
@@ -59,9 +64,16 @@ class Block(nnx.Module):
         self.cross_norm = Norm(cfg.norm, D, rngs=rngs) if cross else None
         self.cross_attn = attention() if cross else None
         self.mlp_norm = None if cfg.parallel_block else Norm(cfg.norm, D, rngs=rngs)
-        self.mlp = Mlp(cfg.mlp, D, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std)
+        if moe:
+            self.mlp = MoE(
+                cfg.moe, cfg.mlp, D, name=name, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std
+            )
+        else:
+            self.mlp = Mlp(cfg.mlp, D, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std)
 
     def _feed_forward(self, h_BLD: jax.Array, valid_BL: jax.Array | None, rng) -> tuple[jax.Array, LayerReport]:
+        if isinstance(self.mlp, MoE):
+            return self.mlp(h_BLD, valid_BL, rng=rng)
         return self.mlp(h_BLD), LayerReport()
 
     def __call__(
@@ -152,7 +164,20 @@ class Stack(nnx.Module):
         self.alibi_slopes = tuple(float(s) for s in alibi_slopes(cfg.attention.num_heads)) if pos.kind == "alibi" else None
         self.rope_inv_freq = tuple(float(f) for f in rope_inverse_frequencies(pos, cfg.head_dim)) if pos.kind == "rope" else None
         self.embed_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.embedding_norm else None
-        self.blocks = nnx.List([Block(cfg, cross=cross, init=init, rngs=rngs) for _ in range(num_layers)])
+        moe = cfg.moe
+        self.blocks = nnx.List(
+            [
+                Block(
+                    cfg,
+                    cross=cross,
+                    init=init,
+                    rngs=rngs,
+                    name=f"{spec.name}/{i}",
+                    moe=moe is not None and moe.is_moe(spec.name, i),
+                )
+                for i in range(num_layers)
+            ]
+        )
         self.final_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.final_norm else None
 
     def __call__(

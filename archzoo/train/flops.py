@@ -7,6 +7,11 @@ training step costs three forward passes (forward, and a backward of twice the w
 encoder-decoder spends encoder FLOPs on encoder tokens and decoder FLOPs (with
 cross-attention over the encoder length) on decoder tokens; the output head is counted on the
 stream that has one.
+
+An MoE layer counts what a token passes through: its router (``D * E``), its ``k`` chosen experts
+(the active parameters, not all E) and its shared experts with their gate. Expert choice counts
+``k`` experts per token on average (its capacity); capacity dispatch counts ``k`` as well, so a
+dropped assignment is counted as if it ran.
 """
 
 from __future__ import annotations
@@ -26,15 +31,26 @@ def _key_value_params(cfg: ModelConfig) -> int:
     return 2 * cfg.d_model * cfg.attention.kv_heads * cfg.head_dim
 
 
-def _mlp_params(cfg: ModelConfig) -> int:
-    return cfg.d_model * cfg.mlp.d_ff * (3 if cfg.mlp.gated else 2)
+def _mlp_params(cfg: ModelConfig, d_ff: int) -> int:
+    return cfg.d_model * d_ff * (3 if cfg.mlp.gated else 2)
 
 
-def stack_matmul_params(cfg: ModelConfig, num_layers: int, cross: bool) -> int:
+def _feed_forward_params(cfg: ModelConfig, stack: str, layer: int) -> int:
+    """Matmul weights one token passes through in a block's MLP or MoE layer."""
+    moe = cfg.moe
+    if moe is None or not moe.is_moe(stack, layer):
+        return _mlp_params(cfg, cfg.mlp.d_ff)
+    routed = moe.k * _mlp_params(cfg, moe.expert_width(cfg.mlp.d_ff))
+    shared = _mlp_params(cfg, moe.shared_width(cfg.mlp.d_ff)) + (cfg.d_model if moe.shared_gate else 0)
+    return cfg.d_model * moe.experts + routed + shared
+
+
+def stack_matmul_params(cfg: ModelConfig, num_layers: int, cross: bool, stack: str = "decoder") -> int:
     """Weights of a stack's matmuls that each of its tokens passes through (norms, biases and
-    embeddings excluded; cross-attention keys and values are counted on encoder tokens)."""
-    per_layer = _query_out_params(cfg) * (2 if cross else 1) + _key_value_params(cfg) + _mlp_params(cfg)
-    return per_layer * num_layers
+    embeddings excluded; cross-attention keys and values are counted on encoder tokens; an MoE
+    layer's router, chosen experts and shared experts)."""
+    attention = _query_out_params(cfg) * (2 if cross else 1) + _key_value_params(cfg)
+    return sum(attention + _feed_forward_params(cfg, stack, i) for i in range(num_layers))
 
 
 def forward_flops_per_token(cfg: ModelConfig, *, stream: str, context: int, memory: int = 0) -> float:
@@ -51,7 +67,7 @@ def forward_flops_per_token(cfg: ModelConfig, *, stream: str, context: int, memo
     spec = next((s for s in cfg.stacks if s.name == stream), None)
     if spec is None:
         raise ValueError(f"stream {stream!r}: this {cfg.family} model's stacks are {[s.name for s in cfg.stacks]}")
-    matmuls = stack_matmul_params(cfg, spec.num_layers, spec.cross)
+    matmuls = stack_matmul_params(cfg, spec.num_layers, spec.cross, spec.name)
     # a stack others cross-attend to: each of their layers projects its tokens to keys and values
     readers = 0 if spec.cross else sum(s.num_layers for s in cfg.stacks if s.cross)
     matmuls += readers * _key_value_params(cfg)

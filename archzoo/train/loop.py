@@ -99,7 +99,7 @@ def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
         "objective": cfg.objective.name,
         "params": n.total,
         "non_embedding_params": n.non_embedding,
-        "active_params": n.total,
+        "active_params": n.active,
     }
     # per token of the stream with the loss (decoder tokens of an encoder-decoder), and of the others
     for spec in cfg.model.stacks:
@@ -205,6 +205,12 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     train_step, tx = make_train_step(graphdef, cfg.optimizer)
     eval_step = make_eval_step(graphdef)
     opt_state = tx.init(params)
+    moe = cfg.model.moe
+    noisy = moe is not None and (moe.jitter > 0 or moe.noise > 0)
+
+    def step_key(step: int):  # the routers' training noise: a function of the seed and the step, so resume replays it
+        return jax.random.fold_in(jax.random.key(cfg.train.seed), step) if noisy else None
+
     n = count_params(model)
     facts = _run_facts(cfg, data, n)
     write_record(run_dir, facts)
@@ -254,7 +260,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
                 batch = _trim_to_target_budget(batch, stream, int(budget.value - counters["target_tokens"]))
             lr = learning_rate(cfg.optimizer, _budget_spent(budget.kind, counters) / budget.value)
             t0 = time.perf_counter()
-            params, opt_state, metrics = train_step(params, rest, opt_state, batch, lr)
+            params, opt_state, metrics = train_step(params, rest, opt_state, batch, lr, step_key(counters["step"] + 1))
             loss, grad_norm = float(metrics["loss_nats"]), float(metrics["grad_norm"])
             seconds = time.perf_counter() - t0
             step = counters["step"] + 1

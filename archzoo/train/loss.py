@@ -14,9 +14,10 @@ from archzoo.models.output import ModelOutput
 __all__ = ["model_output", "model_logits", "loss_fn", "stream_facts"]
 
 
-def model_output(model, batch: dict) -> ModelOutput:
-    """The model's output on a packed batch (its family says which streams it reads)."""
-    return model.forward(**model.batch_inputs(batch))
+def model_output(model, batch: dict, rng=None) -> ModelOutput:
+    """The model's output on a packed batch (its family says which streams it reads);
+    ``rng``: a key in training (MoE router jitter and noise)."""
+    return model.forward(**model.batch_inputs(batch), rng=rng)
 
 
 def model_logits(model, batch: dict) -> jax.Array:
@@ -24,13 +25,14 @@ def model_logits(model, batch: dict) -> jax.Array:
     return model_output(model, batch).logits
 
 
-def loss_fn(model, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
+def loss_fn(model, batch: dict, z_loss: float = 0.0, rng=None) -> tuple[jax.Array, dict]:
     """Mean cross-entropy in nats per target token (weights from the converter).
 
     Args:
       model: any family.
       batch: a packed batch (see :mod:`archzoo.features.packing`).
       z_loss: coefficient of the auxiliary ``log(Z)^2`` term (PaLM, §5), 0 to disable.
+      rng: a key in training (MoE router jitter and noise), None otherwise.
 
     Returns:
       the loss to minimise (cross-entropy, z-loss and the layers' auxiliary losses), and
@@ -39,7 +41,7 @@ def loss_fn(model, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
       the layers' statistics (:class:`~archzoo.models.output.ModelOutput`).
     """
     stream = model.config.loss_stream
-    out = model_output(model, batch)
+    out = model_output(model, batch, rng)
     logits = out.logits.astype(jnp.float32)
     targets, weights = batch[f"{stream}_targets"], batch[f"{stream}_weights"].astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from archzoo.layers.moe import update_balance_biases
 from archzoo.train.loss import loss_fn
 from archzoo.train.optimizer import OptimizerConfig, build_optimizer, lr_multipliers
 
@@ -26,7 +27,7 @@ def split_model(model: nnx.Module):
 
 
 def make_train_step(graphdef, cfg: OptimizerConfig):
-    """Builds ``train_step(params, rest, opt_state, batch, lr) -> (params, opt_state, metrics)``.
+    """Builds ``train_step(params, rest, opt_state, batch, lr, key=None) -> (params, opt_state, metrics)``.
 
     ``batch`` holds arrays ``[A, B, L]`` for ``A = cfg.accumulation_steps`` micro-batches; their
     gradients are summed and divided by the total number of target tokens, so accumulation
@@ -38,39 +39,49 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
     ``lr`` is the learning rate of this update (a schedule over budget progress); each
     parameter's update is also multiplied by its :func:`~archzoo.train.optimizer.lr_multipliers`
     (read from the model's config while tracing), which leaves the step as it was where they are 1.
+    ``key`` seeds the training-time randomness of MoE routers (jitter, noise; one key per
+    micro-batch folded from it); None: none. After the update, the routers of
+    ``moe.balance: bias`` move their biases by the step's expert loads.
 
     Returns:
       the jitted step and the optimizer (for ``opt_state = tx.init(params)``).
     """
     tx = build_optimizer(cfg)
 
-    def summed_loss(params, rest, micro):
+    def summed_loss(params, rest, micro, rng):
         model = nnx.merge(graphdef, params, rest)
-        _, aux = loss_fn(model, micro, cfg.z_loss)
+        _, aux = loss_fn(model, micro, cfg.z_loss, rng)
         # Sums, not means, so micro-batches with different token counts weigh correctly.
         total = aux["loss_sum_nats"] + (aux["z_loss"] + aux["aux_loss"]) * jnp.maximum(aux["target_tokens"], 1.0)
         return total, aux
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
 
-    def train_step(params, rest, opt_state, batch, lr):
-        def accumulate(carry, micro):
+    def train_step(params, rest, opt_state, batch, lr, key=None):
+        def accumulate(carry, xs):
+            micro, index = xs
             grads_sum, loss_sum, tokens = carry
-            grads, aux = grad_fn(params, rest, micro)
+            grads, aux = grad_fn(params, rest, micro, None if key is None else jax.random.fold_in(key, index))
             grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
             carry = (grads_sum, loss_sum + aux["loss_sum_nats"], tokens + aux["target_tokens"])
             return carry, {"aux_loss": aux["aux_loss"], "stats": aux["stats"]}
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_sum, tokens), per_micro = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), batch)
+        micro_batches = jax.tree.leaves(batch)[0].shape[0]
+        (grads, loss_sum, tokens), per_micro = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (batch, jnp.arange(micro_batches)))
         reported = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)
         denom = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
-        multipliers = lr_multipliers(nnx.merge(graphdef, params, rest).config, params)
+        model_cfg = nnx.merge(graphdef, params, rest).config
+        multipliers = lr_multipliers(model_cfg, params)
         updates = jax.tree.map(lambda u, m: lr * u if m == 1.0 else (lr * m) * u, updates, multipliers)
         params = optax.apply_updates(params, updates)
+        if model_cfg.moe is not None and model_cfg.moe.balance == "bias":
+            model = nnx.merge(graphdef, params, rest)
+            update_balance_biases(model, reported["stats"])
+            params = nnx.state(model, nnx.Param)
         metrics = {"loss_nats": loss_sum / denom, "grad_norm": grad_norm, "target_tokens": tokens, **reported}
         return params, opt_state, metrics
 

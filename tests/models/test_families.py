@@ -28,10 +28,29 @@ DECODERS = {
     "post_norm": dict(BASE, norm={"placement": "post", "final_norm": False}, position={"kind": "learned", "offset": 2}),
     "parallel_mqa": dict(BASE, parallel_block=True, attention={"num_heads": 4, "num_kv_heads": 1}, position={"kind": "rope"}),
     "mistral_window": dict(BASE, attention={"num_heads": 4, "num_kv_heads": 2, "sliding_window": 3}, position={"kind": "rope"}),
+    # MoE versions: token-choice dropless routing reads one token at a time, so every invariant holds
+    "mixtral_moe": dict(
+        BASE,
+        mlp={"d_ff": 64, "activation": "silu", "gated": True, "bias": False},
+        norm={"kind": "rmsnorm"},
+        position={"kind": "rope"},
+        moe={"num_experts": 4, "top_k": 2, "grouped_matmul": "blocks", "block_size": 4},
+    ),
+    "shared_experts_moe": dict(
+        BASE, moe={"num_experts": 4, "top_k": 1, "normalize": False, "num_shared_experts": 1, "shared_gate": True, "every": 2, "offset": 1, "grouped_matmul": "ragged"}
+    ),
 }
 ENCODER_DECODERS = {
     "bart": dict(BASE, family="encoder_decoder", norm={"placement": "post", "final_norm": False, "embedding_norm": True}, position={"kind": "learned", "offset": 2}, embedding={"final_logits_bias": True}),
     "t5": dict(BASE, family="encoder_decoder", position={"kind": "t5_bias"}, norm={"kind": "rmsnorm", "bias": False}, attention={"num_heads": 4, "scale": False}, embedding={"tied_head_rescale": True}),
+    "switch_dropless": dict(
+        BASE,
+        family="encoder_decoder",
+        position={"kind": "t5_bias"},
+        norm={"kind": "rmsnorm", "bias": False},
+        attention={"num_heads": 4, "scale": False},
+        moe={"num_experts": 4, "top_k": 1, "normalize": False, "every": 2, "offset": 1},
+    ),
 }
 
 
