@@ -37,7 +37,15 @@ HF_CONVERTERS = {
     "mistral": "archzoo.convert.llama",
     "t5": "archzoo.convert.t5",
     "bart": "archzoo.convert.bart",
+    "mixtral": "archzoo.convert.mixtral",
+    "olmoe": "archzoo.convert.olmoe",
+    "qwen2_moe": "archzoo.convert.qwen2_moe",
+    "switch_transformers": "archzoo.convert.switch_transformers",
 }
+
+
+# the Hugging Face model types with MoE layers
+MOE_MODEL_TYPES = ("mixtral", "olmoe", "qwen2_moe", "switch_transformers")
 
 
 def _module(model_type: str):
@@ -139,6 +147,11 @@ def save_hf(model: nnx.Module, folder: str | Path, model_type: str | None = None
     model_type = model_type or cfg.name
     module = _module(model_type)
     cfg = cfg.replace(name=model_type)
+    if cfg.moe is not None and model_type not in MOE_MODEL_TYPES:
+        raise ValueError(
+            f"model_type {model_type!r} has no Mixture-of-Experts layers and this model has (moe is set); "
+            f"write it as one of {', '.join(sorted(MOE_MODEL_TYPES))}"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = module.config_to_hf(cfg)

@@ -1,7 +1,7 @@
 """What the Hugging Face converters share: reading tensors by name, the head layout of linear
 weights, attention projections (separate or fused q/k/v) and the output head, the weight tables
-of the encoder-decoders, activation names, and the checks that a config fits a Hugging Face
-format."""
+of the encoder-decoders, the routed experts of Mixture-of-Experts layers, activation names, and
+the checks that a config fits a Hugging Face format."""
 
 from __future__ import annotations
 
@@ -44,6 +44,9 @@ __all__ = [
     "shared_table",
     "read_pairs",
     "write_pairs",
+    "take_shaped",
+    "experts_from_hf",
+    "experts_to_hf",
 ]
 
 # Hugging Face activation name -> MlpConfig.activation, as the BART and T5 converters read it.
@@ -289,6 +292,36 @@ def head_to_hf(p: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarr
     return {} if cfg.embedding.tie else {"lm_head.weight": p["head/kernel"].T}
 
 
+def _moe_essence(cfg: ModelConfig) -> dict:
+    """``cfg.moe`` as what it computes: experts, k and widths with fine-grained experts
+    multiplied out, the placement as the MoE layers of each stack, and the fields the routing
+    does not read (the grouped-matmul implementation, the capacity of dropless routing, ...)
+    left out."""
+    moe = cfg.moe
+    out = to_dict(moe)
+    # how the grouped matmul runs (and any of its settings), and the placement fields
+    for key in ("grouped_matmul", "granularity", "every", "offset", "first_dense", "layers", "stacks"):
+        out.pop(key, None)
+    out |= {
+        "num_experts": moe.experts,
+        "top_k": moe.k,
+        "d_ff": moe.expert_width(cfg.mlp.d_ff),
+        "num_shared_experts": min(moe.num_shared_experts, 1),
+        "shared_d_ff": moe.shared_width(cfg.mlp.d_ff),
+        "placed": {s.name: [i for i in range(s.num_layers) if moe.is_moe(s.name, i)] for s in cfg.stacks},
+    }
+    if moe.router == "token_choice" and moe.dispatch == "dropless":
+        for key in ("capacity_factor", "expert_capacity", "group", "priority"):
+            del out[key]
+    elif moe.expert_capacity is not None:
+        del out["capacity_factor"]
+    if moe.balance != "bias":
+        del out["bias_rate"]
+    if moe.router != "expert_choice":
+        del out["allow_future_leak"]
+    return out
+
+
 def _essence(cfg: ModelConfig) -> dict:
     """The config's fields that change the computation, with unused and derived ones settled."""
     attention = dataclasses.replace(cfg.attention, head_dim=cfg.head_dim, num_kv_heads=cfg.attention.kv_heads, backend="xla")
@@ -307,7 +340,12 @@ def _essence(cfg: ModelConfig) -> dict:
     settled = dataclasses.replace(
         cfg, name="", dtype="float32", attention=attention, position=pos, norm=norm, token_ids=None, init=init
     )
-    return to_dict(settled)
+    out = to_dict(settled)
+    if cfg.moe is not None:
+        out["moe"] = _moe_essence(cfg)
+        if all(len(layers) == s.num_layers for s, layers in zip(cfg.stacks, out["moe"]["placed"].values())):
+            out["mlp"]["d_ff"] = None  # no dense MLP reads it
+    return out
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -421,3 +459,70 @@ def read_pairs(r: TensorReader, pairs: list[tuple[str, str, str]], head_dim: int
 def write_pairs(params: dict[str, np.ndarray], pairs: list[tuple[str, str, str]], prefix: str = "") -> dict[str, np.ndarray]:
     """Hugging Face tensors ``prefix + name`` from a weight table (inverse of :func:`read_pairs`)."""
     return {prefix + hf: _layout_to_hf(kind, params[az]) for hf, az, kind in pairs}
+
+
+def take_shaped(r: TensorReader, name: str, shape: tuple[int, ...], layout: str) -> np.ndarray:
+    """The tensor ``name`` (under the reader's prefix), which must have ``shape``.
+
+    Raises:
+      ValueError: naming the tensor, its shape, the expected shape and ``layout`` (what the
+        axes are: ``"[experts, d_model]"``).
+    """
+    w = r.take(name)
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(
+            f"model_type {r.model_type!r}: tensor {r.key(name)!r} has shape {tuple(w.shape)}, expected {tuple(shape)} {layout}"
+        )
+    return w
+
+
+def experts_from_hf(
+    r: TensorReader,
+    hf: str,
+    az: str,
+    names: dict[str, str],
+    shape: tuple[int, int, int],
+    *,
+    expert: str = "{e}",
+    fused: bool = True,
+) -> dict[str, np.ndarray]:
+    """The routed experts of one MoE layer, from per-expert torch Linear layers (what
+    ``save_pretrained`` writes and Hub checkpoints hold) or from transformers 5's fused tensors
+    (``gate_up_proj [E, 2F, D]``, gate rows first, and ``down_proj [E, D, F]``).
+
+    Args:
+      r: the checkpoint.
+      hf: Hugging Face name of the experts module under the reader's prefix (``"layers.0.mlp.experts."``).
+      az: archzoo path of the MoE layer (``"stack/blocks/0/mlp/"``).
+      names: archzoo weight (``gate``, ``up``, ``down``) -> the per-expert layer's name
+        (Mixtral's ``w1``, ``w3``, ``w2``).
+      shape: (E, D, F).
+      expert: how expert ``e`` is named under ``hf`` (``"{e}"``, Switch's ``"expert_{e}"``).
+      fused: whether the format has the fused tensors (gated experts of transformers 5).
+
+    Returns:
+      ``{az}gate`` and ``{az}up`` ``[E, D, F]``, ``{az}down`` ``[E, F, D]`` (those in ``names``).
+
+    Raises:
+      ValueError: naming a missing expert tensor, or one of another shape (with the expected one).
+    """
+    E, D, F = shape
+    if fused and r.has(hf + "gate_up_proj"):
+        gate_up = take_shaped(r, hf + "gate_up_proj", (E, 2 * F, D), "[experts, 2 * expert width (gate, then up), d_model]")
+        down = take_shaped(r, hf + "down_proj", (E, D, F), "[experts, d_model, expert width]")
+        fused_out = {"gate": gate_up[:, :F], "up": gate_up[:, F:], "down": down}
+        return {az + ours: fused_out[ours].transpose(0, 2, 1) for ours in names}
+    out = {}
+    for ours, theirs in names.items():
+        want, layout = ((D, F), "[d_model, expert width]") if ours == "down" else ((F, D), "[expert width, d_model]")
+        keys = [f"{hf}{expert.format(e=e)}.{theirs}.weight" for e in range(E)]
+        out[az + ours] = np.stack([take_shaped(r, key, want, layout).T for key in keys])
+    return out
+
+
+def experts_to_hf(p: dict[str, np.ndarray], az: str, hf: str, names: dict[str, str], *, expert: str = "{e}") -> dict[str, np.ndarray]:
+    """Per-expert torch Linear weights ``{hf}{expert}.{name}.weight`` (the layout
+    ``from_pretrained`` reads; inverse of :func:`experts_from_hf`)."""
+    return {
+        f"{hf}{expert.format(e=e)}.{theirs}.weight": w.T for ours, theirs in names.items() for e, w in enumerate(p[az + ours])
+    }
