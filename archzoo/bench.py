@@ -6,6 +6,7 @@ Benchmarks print figures; tests never check wall-clock time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -13,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from archzoo.models import build, count_params, load_model_config
-from archzoo.train.flops import train_flops
+from archzoo.train.flops import feed_forward_params, train_flops
 from archzoo.train.optimizer import OptimizerConfig
 from archzoo.train.step import time_train_steps
 
-__all__ = ["matmul_peak_flops", "bench_train", "DEFAULT_MODEL"]
+__all__ = ["matmul_peak_flops", "bench_train", "bench_moe_layer", "moe_variants", "DEFAULT_MODEL"]
 
 # GPT-2-style: vocab 256, d_model 256, 4 layers, 4 heads, context 256 (batch 16, float32, AdamW).
 DEFAULT_MODEL = dict(
@@ -68,7 +69,8 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
 
     Returns:
       ``tokens_per_s``, ``step_s``, ``first_step_s`` (trace + compile + run), ``model_flops``
-      per step, ``mfu`` (fraction of ``peak``), ``params``.
+      per step (active parameters: an MoE layer's chosen experts and router), ``mfu`` (fraction
+      of ``peak``), ``params``, ``active_params``.
     """
     cfg = load_model_config(model_cfg)
     data = _synthetic_batch(cfg, batch, length, prefix=cfg.mask == "prefix")
@@ -77,11 +79,73 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
     step_s = float(np.median(times))
     tokens = batch * length * len(cfg.stacks)
     flops = train_flops(cfg, {k: np.asarray(v[0]) for k, v in data.items()})
+    n = count_params(cfg)
     return {
-        "params": count_params(cfg).total,
+        "params": n.total,
+        "active_params": n.active,
         "tokens_per_s": tokens / step_s,
         "step_s": step_s,
         "first_step_s": first,
         "model_flops": flops,
         "mfu": flops / step_s / peak if peak else float("nan"),
     }
+
+
+def _time(fn, *args, steps: int) -> tuple[float, float]:
+    """First call (compile + run) and the median of ``steps`` more, in seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return first, float(np.median(times))
+
+
+def moe_variants(base, experts: int = 8, top_k: int = 2) -> list[tuple[str, object]]:
+    """The dense model and its MoE twins at the same active parameters: ``experts`` experts of
+    width ``d_ff / top_k`` in every block, ``top_k`` per token (plus the router), dispatched
+    dropless by blocks, dropless by ``ragged_dot``, and by capacity (factor 1.25)."""
+    from archzoo.layers.config import MoeConfig
+
+    width = base.mlp.d_ff // top_k
+    moe = MoeConfig(num_experts=experts, top_k=top_k, d_ff=width)
+
+    def with_moe(**kw):
+        return base.replace(moe=dataclasses.replace(moe, **kw))
+
+    return [
+        ("dense", base),
+        ("dropless (padded)", with_moe(grouped_matmul="padded")),
+        ("dropless (ragged_dot)", with_moe(grouped_matmul="ragged")),
+        ("capacity 1.25", with_moe(dispatch="capacity", capacity_factor=1.25)),
+    ]
+
+
+def bench_moe_layer(cfg, *, batch: int, length: int, steps: int, peak: float | None = None) -> dict:
+    """Forward and backward of one feed-forward layer of ``cfg`` (its MLP, or its MoE layer) on
+    ``[batch, length, d_model]`` float32 inputs: seconds per call and MFU of its active FLOPs."""
+    from flax import nnx
+
+    from archzoo.layers.mlp import Mlp
+    from archzoo.layers.moe import MoE
+
+    rngs = nnx.Rngs(params=0)
+    if cfg.moe is None:
+        layer = Mlp(cfg.mlp, cfg.d_model, rngs=rngs)
+    else:
+        layer = MoE(cfg.moe, cfg.mlp, cfg.d_model, name="bench/0", rngs=rngs)
+    graphdef, params = nnx.split(layer, nnx.Param)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, length, cfg.d_model)), jnp.float32)
+
+    def loss(params, x):
+        out = nnx.merge(graphdef, params)(x)
+        y = out[0] if isinstance(out, tuple) else out
+        return jnp.sum(y * y)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    first, step_s = _time(grad, params, x, steps=steps)
+    flops = 3 * 2 * batch * length * feed_forward_params(cfg, "decoder", 0)
+    return {"step_s": step_s, "first_step_s": first, "tokens_per_s": batch * length / step_s, "mfu": flops / step_s / peak if peak else float("nan")}

@@ -220,6 +220,36 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_moe(args) -> int:
+    from archzoo.bench import DEFAULT_MODEL, bench_moe_layer, bench_train, matmul_peak_flops, moe_variants
+    from archzoo.models import load_model_config
+
+    peak = matmul_peak_flops()
+    base = load_model_config(args.config or DEFAULT_MODEL, args.overrides)
+    if base.moe is not None:
+        raise ConfigError(f"{args.config}: give the dense model; bench moe builds its MoE twins (it has moe set)")
+    variants = moe_variants(base, args.experts, args.top_k)
+    print(f"float32 matmul peak (2048x2048, best of 10): {peak / 1e9:,.1f} GFLOP/s")
+    print(
+        f"{args.experts} experts of width {base.mlp.d_ff // args.top_k}, top-{args.top_k}, against the dense MLP of width "
+        f"{base.mlp.d_ff}: the same active parameters; batch {args.batch_size} x length {args.length}, float32; "
+        f"median of {args.steps} steps; MFU counts active FLOPs (chosen experts and router)"
+    )
+    rows = []
+    for what, run in (("layer (fwd+bwd)", bench_moe_layer), ("training step", bench_train)):
+        dense_s = None
+        for name, cfg in variants:
+            r = run(cfg, batch=args.batch_size, length=args.length, steps=args.steps, peak=peak)
+            dense_s = dense_s or r["step_s"]
+            rows.append((what, name, r, r["step_s"] / dense_s))
+    print(f"{'':<16}{'variant':<23}{'params':>12}{'active':>12}{'tokens/s':>11}{'ms':>9}{'MFU':>7}{'x dense':>9}")
+    for what, name, r, ratio in rows:
+        params = f"{r['params']:,}" if "params" in r else ""
+        active = f"{r['active_params']:,}" if "active_params" in r else ""
+        print(f"{what:<16}{name:<23}{params:>12}{active:>12}{r['tokens_per_s']:>11,.0f}{r['step_s'] * 1e3:>9.1f}{r['mfu']:>7.1%}{ratio:>9.2f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="archzoo", description="Compare language-model architectures in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,6 +318,18 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--steps", type=int, default=10)
     bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bt.set_defaults(func=_bench)
+    bm = bsub.add_parser(
+        "moe",
+        help="dropless, capacity-based and dense layers and training steps at the same active parameters",
+    )
+    bm.add_argument("config", nargs="?", help="a dense model config YAML (default: the built-in GPT-2-style model)")
+    bm.add_argument("--experts", type=int, default=8)
+    bm.add_argument("--top-k", type=int, default=2)
+    bm.add_argument("--batch-size", type=int, default=16)
+    bm.add_argument("--length", type=int, default=256)
+    bm.add_argument("--steps", type=int, default=10)
+    bm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bm.set_defaults(func=_bench_moe)
 
     c = sub.add_parser("convert", help="read a Hugging Face folder (config.json + safetensors)")
     c.add_argument("source", help="folder written by save_pretrained")

@@ -12,7 +12,7 @@ from archzoo.analysis.runs import RunRecord, write_text_atomic
 __all__ = ["SWEEP_COLUMNS", "comparison_table", "sweep_rows", "write_sweep_table"]
 
 HEADER = (
-    "run", "family", "params", "target tokens", "tokens processed", "FLOPs",
+    "run", "family", "params", "active params", "target tokens", "tokens processed", "FLOPs",
     "val loss (nats/token)", "val bits/byte", "wall (s)",
 )
 
@@ -38,6 +38,7 @@ def _row(record: RunRecord) -> tuple[str, ...]:
         name,
         family,
         f"{facts['params']:,}",
+        f"{facts.get('active_params', facts['params']):,}",
         f"{s['target_tokens']:,}",
         f"{s['tokens']:,}",
         f"{s['flops']:.3e}",
@@ -48,7 +49,8 @@ def _row(record: RunRecord) -> tuple[str, ...]:
 
 
 def comparison_table(records: list[RunRecord]) -> str:
-    """A markdown table, one row per run: family, parameters, target tokens, tokens processed,
+    """A markdown table, one row per run: family, parameters (total, and active: an MoE layer's
+    chosen experts, not all of them), target tokens, tokens processed,
     FLOPs, validation loss in nats per target token and bits per byte, wall time."""
     rows = [HEADER, *(_row(r) for r in records)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
@@ -59,7 +61,7 @@ def comparison_table(records: list[RunRecord]) -> str:
 
 # One row per run of a sweep: its axis values, then these (CSV, JSON lines, markdown).
 SWEEP_COLUMNS = (
-    "run", "status", "family", "mask", "objective", "params", "non_embedding_params", "flops_per_token",
+    "run", "status", "family", "mask", "objective", "params", "non_embedding_params", "active_params", "flops_per_token",
     "steps", "target_tokens", "tokens", "flops", "val_loss_nats", "val_bits_per_byte", "wall_seconds", "error",
 )
 
@@ -85,9 +87,9 @@ def sweep_rows(records: list[RunRecord], axes: dict[str, dict[str, str]] | None 
         row = {"run": r.name}
         row.update({f"axis:{k}": (axes or {}).get(r.name, {}).get(k) for k in axis_keys})
         row["status"] = _status(r)
-        for key in SWEEP_COLUMNS[2:8]:
+        for key in SWEEP_COLUMNS[2:9]:
             row[key] = r.facts.get(key)
-        for key in SWEEP_COLUMNS[8:15]:
+        for key in SWEEP_COLUMNS[9:16]:
             row[key] = s.get(key)
         row["error"] = (r.error or {}).get("message") if r.summary is None else None
         rows.append(row)

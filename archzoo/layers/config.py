@@ -273,10 +273,11 @@ class MoeConfig:
       priority: which tokens keep their place when an expert overflows: ``position`` (earlier
         tokens first; first choices of every token before any second choice) or ``score``
         (higher router weight first; Riquelme et al. 2021).
-      grouped_matmul: the dropless path's grouped matmul: ``ragged`` (``jax.lax.ragged_dot``),
-        ``blocks`` (each expert's tokens padded to a block of ``block_size`` rows, one batched
-        matmul) or ``auto`` (blocks on CPU, ragged elsewhere: measured by ``archzoo bench moe``).
-      block_size: rows per block of the ``blocks`` grouped matmul.
+      grouped_matmul: the dropless path: ``ragged`` (assignments sorted by expert,
+        ``jax.lax.ragged_dot``), ``padded`` (each expert's assignments padded to one capacity
+        that holds the most loaded expert, chosen among a few fixed sizes at run time, and one
+        batched matmul) or ``auto`` (padded on CPU, ragged elsewhere; ``archzoo bench moe``
+        measures both).
       jitter: training only: the router's input is multiplied by U(1 - jitter, 1 + jitter)
         (Switch); the experts see the input unchanged.
       noise: training only: Gaussian noise of this std added to the router logits before the
@@ -312,8 +313,7 @@ class MoeConfig:
     expert_capacity: int | None = None
     group: Literal["row", "batch"] = "row"
     priority: Literal["position", "score"] = "position"
-    grouped_matmul: Literal["auto", "ragged", "blocks"] = "auto"
-    block_size: int = 64
+    grouped_matmul: Literal["auto", "ragged", "padded"] = "auto"
     jitter: float = 0.0
     noise: float = 0.0
     balance: Literal["loss", "bias"] = "loss"
@@ -361,8 +361,6 @@ class MoeConfig:
             raise invalid("moe.capacity_factor", f"must be > 0, got {self.capacity_factor}")
         if self.expert_capacity is not None and self.expert_capacity < 1:
             raise invalid("moe.expert_capacity", f"must be >= 1, got {self.expert_capacity}")
-        if self.block_size < 1:
-            raise invalid("moe.block_size", f"must be >= 1, got {self.block_size}")
         for name in ("jitter", "noise", "load_balance_weight", "z_loss_weight", "bias_rate"):
             if not getattr(self, name) >= 0:
                 raise invalid(f"moe.{name}", f"must be >= 0, got {getattr(self, name)}")

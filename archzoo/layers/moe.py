@@ -8,9 +8,9 @@ passes through (DeepSeekMoE; Qwen-MoE gates them by a sigmoid).
 
 Dispatch:
 
-- ``dropless``: the (token, expert) assignments are sorted by expert and run through a grouped
-  matmul (``jax.lax.ragged_dot``, or each expert's rows padded to blocks and one batched matmul);
-  no token is dropped.
+- ``dropless``: no assignment is dropped: they are sorted by expert and run through a grouped
+  matmul (``jax.lax.ragged_dot``), or laid out as for capacity dispatch with a capacity that
+  holds the most loaded expert (``padded``: one batched matmul; the fast one on CPU).
 - ``capacity``: each expert takes at most C assignments per group (a batch row or the whole
   batch); the ones past C by the stated priority are dropped: that expert adds nothing for them,
   so a token dropped by all its experts passes through the block's residual unchanged.
@@ -35,6 +35,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from archzoo.layers.config import MlpConfig, MoeConfig
@@ -65,11 +66,11 @@ def capacity(cfg: MoeConfig, group_tokens: int) -> int:
 
 
 def grouped_matmul_kind(cfg: MoeConfig) -> str:
-    """``ragged`` or ``blocks``: the dropless grouped matmul this config runs on this backend
-    (``auto``: blocks on CPU, where ``ragged_dot`` is slow; ragged elsewhere)."""
+    """``ragged`` or ``padded``: the dropless path this config runs on this backend (``auto``:
+    padded on CPU, where ``ragged_dot`` is slow, measured by ``archzoo bench moe``; ragged elsewhere)."""
     if cfg.grouped_matmul != "auto":
         return cfg.grouped_matmul
-    return "blocks" if jax.default_backend() == "cpu" else "ragged"
+    return "padded" if jax.default_backend() == "cpu" else "ragged"
 
 
 class MoE(nnx.Module):
@@ -150,42 +151,11 @@ class MoE(nnx.Module):
         """Each expert's MLP on its own rows: ``[E, C, D] -> [E, C, D]``."""
         return self._experts(x_ECD, lambda x, w: jnp.einsum("ECi,Eio->ECo", x, w), lambda b: b[:, None])
 
-    def _experts_grouped(self, x_MD: jax.Array, expert_M: jax.Array, group_sizes_E: jax.Array) -> jax.Array:
-        """Each row's expert MLP, rows sorted by expert (``expert_M``; padding rows last with
-        expert id E, their outputs 0): ``[M, D] -> [M, D]``."""
-        if grouped_matmul_kind(self.cfg) == "ragged":
-            return self._experts_ragged(x_MD, expert_M, group_sizes_E)
-        return self._experts_blocks(x_MD, expert_M, group_sizes_E)
-
     def _experts_ragged(self, x_MD, expert_M, group_sizes_E):
         E = group_sizes_E.shape[0]
         safe_e = jnp.minimum(expert_M, E - 1)
         y = self._experts(x_MD, lambda x, w: jax.lax.ragged_dot(x, w, group_sizes_E), lambda b: b[safe_e])
         return jnp.where((expert_M < E)[:, None], y, 0)
-
-    def _experts_blocks(self, x_MD, expert_M, group_sizes_E):
-        """Rows of each expert padded to whole blocks of ``block_size``; one batched matmul over
-        the blocks, each with its expert's weights."""
-        M, D = x_MD.shape
-        E = group_sizes_E.shape[0]
-        b = max(1, min(self.cfg.block_size, M))
-        num_blocks = -(-(M + E * (b - 1)) // b)  # enough for any split of M rows over E experts
-        padded = -(-group_sizes_E // b) * b
-        padded_start = jnp.cumsum(padded) - padded
-        start = jnp.cumsum(group_sizes_E) - group_sizes_E
-        safe_e = jnp.minimum(expert_M, E - 1)
-        real = expert_M < E
-        dest = jnp.where(real, padded_start[safe_e] + jnp.arange(M) - start[safe_e], num_blocks * b)
-        buf = jnp.zeros((num_blocks * b, D), x_MD.dtype).at[dest].set(x_MD, mode="drop")
-        block_start = jnp.arange(num_blocks) * b
-        block_expert = jnp.clip(jnp.searchsorted(jnp.cumsum(padded), block_start, side="right"), 0, E - 1)
-        y = self._experts(
-            buf.reshape(num_blocks, b, D),
-            lambda x, w: jnp.einsum("NBi,Nio->NBo", x, w[block_expert]),
-            lambda bias: bias[block_expert][:, None],
-        )
-        y = y.reshape(num_blocks * b, D)
-        return jnp.where(real[:, None], y.at[dest].get(mode="fill", fill_value=0), 0)
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -250,32 +220,84 @@ class MoE(nnx.Module):
         return y, assigned, dropped
 
     def _dropless_dispatch(self, x_GSD, experts_GSK, weights_GSK, real_GSK):
+        """Every assignment reaches its expert: the grouped matmul over rows sorted by expert
+        (``ragged``), or the capacity layout with a capacity no expert's load exceeds (``padded``)."""
+        if grouped_matmul_kind(self.cfg) == "padded":
+            return self._dropless_padded(x_GSD, experts_GSK, weights_GSK, real_GSK)
         G, S, D = x_GSD.shape
         E, K = self.cfg.experts, self.cfg.k
         N = G * S
         expert_M = jnp.where(real_GSK, experts_GSK, E).reshape(N * K)  # padding: "expert" E, sorted last
         token_M = jnp.repeat(jnp.arange(N), K)
         order = jnp.argsort(expert_M, stable=True)
-        sorted_expert = expert_M[order]
         group_sizes = jnp.bincount(expert_M, length=E + 1)[:E].astype(jnp.int32)
         rows = x_GSD.reshape(N, D)[token_M[order]]
-        h = self._experts_grouped(rows, sorted_expert, group_sizes)
+        h = self._experts_ragged(rows, expert_M[order], group_sizes)
         w = weights_GSK.reshape(N * K)[order].astype(h.dtype)
         y = jnp.zeros((N, D), h.dtype).at[token_M[order]].add(h * w[:, None])
         return y.reshape(G, S, D)
 
-    def _capacity_dispatch(self, x_GSD, experts_GSK, weights_GSK, real_GSK):
-        """Each expert takes its first C assignments per group by the priority; the rest drop."""
-        cfg = self.cfg
+    def _dropless_padded(self, x_GSD, experts_GSK, weights_GSK, real_GSK):
+        """The whole batch as one group in the capacity layout, one batched matmul ``[E, C, D]``
+        with C 1.25 times the mean load; the assignments past C (an expert more loaded than that:
+        rare once routing is balanced) run in a second pass, taken only when there are any
+        (``lax.cond``), of capacity N, which holds every token. Nothing is dropped."""
         G, S, D = x_GSD.shape
-        E, K = cfg.experts, cfg.k
-        C = capacity(cfg, S)
-        # the order in which assignments claim places: [G, K*S] rank of each (slot, token)
+        E, K = self.cfg.experts, self.cfg.k
+        N = G * S
+        x, experts, weights, real = (a.reshape(1, N, *a.shape[2:]) for a in (x_GSD, experts_GSK, weights_GSK, real_GSK))
+        place = self._places(experts, weights, real, "position")
+        C = min(N, max(1, math.ceil(1.25 * N * K / E)))
+        y, _ = self._capacity_layout(x, experts, weights, real, place, C=C)
+        if C < N:
+            y = y + self._overflow(x, experts, weights, real & (place >= C), place - C)
+        return y.reshape(G, S, D)
+
+    def _overflow(self, x, experts, weights, over, place):
+        """The assignments past the first pass's capacity, in a pass of capacity N, run (forward
+        and backward) only when there are any. A custom VJP keeps ``lax.cond`` from saving the
+        unused branch's activations as zeros for the backward pass (measured: that made the
+        untaken branch cost as much as the layer); the backward pass recomputes the branch."""
+        graphdef, state = nnx.split(self)
+        N = x.shape[1]
+        needed = jnp.any(over)
+
+        def run(state, x, weights, experts, over, place):
+            return nnx.merge(graphdef, state)._capacity_layout(x, experts, weights, over, place, C=N)[0]
+
+        def no_ints(*arrays):  # integer and boolean inputs have no cotangent
+            return tuple(np.zeros(a.shape, jax.dtypes.float0) for a in arrays)
+
+        @jax.custom_vjp
+        def apply(state, x, weights, experts, over, place):
+            return jax.lax.cond(needed, run, lambda *args: jnp.zeros_like(args[1]), state, x, weights, experts, over, place)
+
+        def forward(*args):
+            return apply(*args), args
+
+        def backward(args, g):
+            state, x, weights, experts, over, place = args
+
+            def grads():
+                return jax.vjp(lambda s, x, w: run(s, x, w, experts, over, place), state, x, weights)[1](g)
+
+            cotangents = jax.lax.cond(needed, grads, lambda: jax.tree.map(jnp.zeros_like, (state, x, weights)))
+            return (*cotangents, *no_ints(experts, over, place))
+
+        apply.defvjp(forward, backward)
+        return apply(state, x, weights, experts, over, place)
+
+    def _places(self, experts_GSK, weights_GSK, real_GSK, priority: str) -> jax.Array:
+        """Each assignment's place in its expert's queue within its group ``[G, S, K]``, in the
+        order of ``priority`` (padding takes no place)."""
+        G, S, K = experts_GSK.shape
+        E = self.cfg.experts
+
         def slot_major(a_GSK):  # [G, K*S]: every token's first choice, in position order, then the second ...
             return jnp.swapaxes(a_GSK, 1, 2).reshape(G, K * S)
 
         flat_e, flat_real = slot_major(experts_GSK), slot_major(real_GSK)
-        if cfg.priority == "position":
+        if priority == "position":
             order = jnp.broadcast_to(jnp.arange(K * S), (G, K * S))
         else:  # by router weight, ties in the position order
             order = jnp.argsort(-slot_major(weights_GSK), axis=-1, stable=True)
@@ -284,7 +306,18 @@ class MoE(nnx.Module):
         onehot = jax.nn.one_hot(e_sorted, E, dtype=jnp.int32) * real_sorted[..., None]
         place_sorted = jnp.sum((jnp.cumsum(onehot, axis=1) - 1) * onehot, axis=-1)  # [G, K*S]
         place = jnp.zeros_like(place_sorted).at[jnp.arange(G)[:, None], order].set(place_sorted)
-        place_GSK = jnp.swapaxes(place.reshape(G, K, S), 1, 2)
+        return jnp.swapaxes(place.reshape(G, K, S), 1, 2)
+
+    def _capacity_dispatch(self, x_GSD, experts_GSK, weights_GSK, real_GSK):
+        """Each expert takes its first C assignments per group by the priority; the rest drop."""
+        place = self._places(experts_GSK, weights_GSK, real_GSK, self.cfg.priority)
+        return self._capacity_layout(x_GSD, experts_GSK, weights_GSK, real_GSK, place, C=capacity(self.cfg, x_GSD.shape[1]))
+
+    def _capacity_layout(self, x_GSD, experts_GSK, weights_GSK, real_GSK, place_GSK, *, C: int):
+        """Assignments with a place below C run in one batched matmul ``[E, G*C, D]``; the output
+        and the count of dropped assignments."""
+        G, S, D = x_GSD.shape
+        E, K = self.cfg.experts, self.cfg.k
         kept = real_GSK & (place_GSK < C)
         slot = jnp.where(kept, place_GSK, C)  # dropped and padding: a spare slot, cut off below
         g = jnp.broadcast_to(jnp.arange(G)[:, None, None], experts_GSK.shape)

@@ -294,6 +294,11 @@ def size_model(base: ModelConfig, ladder: LadderConfig) -> ModelConfig:
     is set, else None), attention.head_dim (None: d_model = num_heads * size.head_dim) and
     mlp.d_ff. Every other field of ``base`` stays.
 
+    An MoE base is sized as its dense twin (``moe`` removed), then given its ``moe`` back: the
+    rung's N is the dense model's, which is the MoE model's active non-embedding count less its
+    routers when the experts' widths sum to the MLP's over the k chosen (``granularity``, or
+    ``d_ff = mlp.d_ff / top_k``); the comparison is at equal active parameters.
+
     The candidates: every width that is a multiple of size.width_multiple, depths within a
     factor 4 of d_model / size.aspect_ratio, for an encoder-decoder the two layer splits around
     size.encoder_share, each with the d_ff (a multiple of 8) that brings N nearest the target.
@@ -326,6 +331,8 @@ def size_model(base: ModelConfig, ladder: LadderConfig) -> ModelConfig:
         RoPE; a num_kv_heads ratio (``model.attention.num_kv_heads``) whose smallest width is
         already past the target.
     """
+    if base.moe is not None:
+        return size_model(base.replace(moe=None), ladder).replace(moe=base.moe)
     if base.position.kind == "rope" and ladder.head_dim % 2:
         raise invalid(
             "size.head_dim", f"RoPE (model.position.kind) needs an even head width, got {ladder.head_dim}"

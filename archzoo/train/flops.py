@@ -20,7 +20,7 @@ import numpy as np
 
 from archzoo.models.config import ModelConfig
 
-__all__ = ["stack_matmul_params", "forward_flops_per_token", "train_flops"]
+__all__ = ["stack_matmul_params", "feed_forward_params", "forward_flops_per_token", "train_flops"]
 
 
 def _query_out_params(cfg: ModelConfig) -> int:
@@ -35,7 +35,7 @@ def _mlp_params(cfg: ModelConfig, d_ff: int) -> int:
     return cfg.d_model * d_ff * (3 if cfg.mlp.gated else 2)
 
 
-def _feed_forward_params(cfg: ModelConfig, stack: str, layer: int) -> int:
+def feed_forward_params(cfg: ModelConfig, stack: str, layer: int) -> int:
     """Matmul weights one token passes through in a block's MLP or MoE layer."""
     moe = cfg.moe
     if moe is None or not moe.is_moe(stack, layer):
@@ -50,7 +50,7 @@ def stack_matmul_params(cfg: ModelConfig, num_layers: int, cross: bool, stack: s
     embeddings excluded; cross-attention keys and values are counted on encoder tokens; an MoE
     layer's router, chosen experts and shared experts)."""
     attention = _query_out_params(cfg) * (2 if cross else 1) + _key_value_params(cfg)
-    return sum(attention + _feed_forward_params(cfg, stack, i) for i in range(num_layers))
+    return sum(attention + feed_forward_params(cfg, stack, i) for i in range(num_layers))
 
 
 def forward_flops_per_token(cfg: ModelConfig, *, stream: str, context: int, memory: int = 0) -> float:

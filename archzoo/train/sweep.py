@@ -82,7 +82,8 @@ class PlannedRun:
       status: ``done`` (budget spent), ``partial`` (interrupted: it resumes), ``failed`` (the
         last attempt failed: it is tried again), ``new``.
       step: steps already trained.
-      params, non_embedding_params: exact parameter counts.
+      params, non_embedding_params, active_params: exact parameter counts (active: an MoE
+        layer's chosen experts, not all of them).
       estimate: its cost (None until estimated).
     """
 
@@ -92,6 +93,7 @@ class PlannedRun:
     step: int
     params: int
     non_embedding_params: int
+    active_params: int
     estimate: Estimate | None = None
 
     @property
@@ -164,7 +166,7 @@ def plan_sweep(experiment: Experiment, *, overwrite: bool = False) -> list[Plann
     for cfg in experiment.runs:
         status, step = ("new", 0) if cfg.name in differ else _status(cfg)
         n = count_params(cfg.model)
-        runs.append(PlannedRun(cfg, experiment.axes.get(cfg.name, {}), status, step, n.total, n.non_embedding))
+        runs.append(PlannedRun(cfg, experiment.axes.get(cfg.name, {}), status, step, n.total, n.non_embedding, n.active))
     return runs
 
 
@@ -252,19 +254,19 @@ def _duration(seconds: float) -> str:
 def format_plan(experiment: Experiment, runs: list[PlannedRun], jobs: int) -> str:
     """The plan as a table: one row per run, then the totals."""
     axis_keys = list(dict.fromkeys(k for r in runs for k in r.axes))
-    header = ["run", "family", "params", "non-emb", "steps", "FLOPs", "est. time", "status"]
+    header = ["run", "family", "params", "non-emb", "active", "steps", "FLOPs", "est. time", "status"]
     rows = [header]
     for r in runs:
         fam = r.cfg.model.family + (" (prefix)" if r.cfg.model.mask == "prefix" else "")
         e = r.estimate
         status = r.status if r.status != "partial" else f"resume at step {r.step}"
         rows.append([
-            r.name, fam, f"{r.params:,}", f"{r.non_embedding_params:,}",
+            r.name, fam, f"{r.params:,}", f"{r.non_embedding_params:,}", f"{r.active_params:,}",
             f"{e.steps:,}" if e else "-", f"{e.flops:.2e}" if e else "-", _duration(r.remaining_seconds) if e else "-",
             status,
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i in (0, 1, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = ["  ".join(c.ljust(w) if i in (0, 1, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     todo = [r for r in runs if r.status != "done"]
     total = sum(r.remaining_seconds for r in runs)

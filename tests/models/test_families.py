@@ -34,7 +34,7 @@ DECODERS = {
         mlp={"d_ff": 64, "activation": "silu", "gated": True, "bias": False},
         norm={"kind": "rmsnorm"},
         position={"kind": "rope"},
-        moe={"num_experts": 4, "top_k": 2, "grouped_matmul": "blocks", "block_size": 4},
+        moe={"num_experts": 4, "top_k": 2, "grouped_matmul": "padded"},
     ),
     "shared_experts_moe": dict(
         BASE, moe={"num_experts": 4, "top_k": 1, "normalize": False, "num_shared_experts": 1, "shared_gate": True, "every": 2, "offset": 1, "grouped_matmul": "ragged"}

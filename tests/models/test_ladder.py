@@ -32,8 +32,7 @@ FAMILIES = {
 # multi-query heads, embedding norms, T5 relative bias tables, post-norm, parallel blocks), the
 # bases the family invariants run on, and two more: attention biases, a gated encoder-decoder
 OTHER_BASES = {
-    **DECODERS,
-    **ENCODER_DECODERS,
+    **{k: v for k, v in {**DECODERS, **ENCODER_DECODERS}.items() if "moe" not in v},  # MoE: below
     "qkv_bias": dict(BASE, attention={"num_heads": 4, "bias": True, "out_bias": True}),
     "t5_v1_1": dict(
         ENCODER_DECODERS["t5"], mlp={"d_ff": 64, "activation": "gelu", "gated": True, "bias": False}
@@ -80,6 +79,25 @@ def test_other_bases_land_on_the_target(name, rung):
     cfg = sized(base, rung)
     assert abs(n_of(cfg) - SIZES[rung]) <= TOLERANCE * SIZES[rung]
     assert cfg.attention.num_heads * 32 == cfg.d_model
+
+
+@pytest.mark.parametrize("family", ["causal", "encoder_decoder"])
+def test_an_moe_base_is_sized_as_its_dense_twin_at_equal_active_parameters(family):
+    """8 experts of half the MLP's width, top-2 (granularity 2): the MoE model's active
+    non-embedding count is the dense rung's plus the routers (and a second output bias)."""
+    from archzoo.models import count_params
+
+    base = load_model_config(FAMILIES[family])
+    moe = {"num_experts": 4, "granularity": 2, "top_k": 1}
+    cfg = sized(load_model_config(base, moe=moe), "n200k")
+    dense = sized(base, "n200k")
+    assert cfg.replace(moe=None) == dense
+    n, d = count_params(cfg), count_params(dense)
+    layers = sum(s.num_layers for s in cfg.stacks)
+    routers = layers * cfg.d_model * 8
+    down_biases = layers * cfg.d_model if cfg.mlp.bias else 0  # two experts' output biases against one
+    assert n.active - n.embedding == d.non_embedding + routers + down_biases
+    assert n.total > 3 * d.total // 2
 
 
 @pytest.mark.parametrize("rung", SIZES)
