@@ -272,7 +272,8 @@ class MoeConfig:
         ``batch`` (the whole batch).
       priority: which tokens keep their place when an expert overflows: ``position`` (earlier
         tokens first; first choices of every token before any second choice) or ``score``
-        (higher router weight first; Riquelme et al. 2021).
+        (higher router probability first, before renormalisation: batch prioritized routing,
+        Riquelme et al. 2021).
       grouped_matmul: the dropless path: ``ragged`` (assignments sorted by expert,
         ``jax.lax.ragged_dot``), ``padded`` (each expert's assignments padded to one capacity
         that holds the most loaded expert, chosen among a few fixed sizes at run time, and one

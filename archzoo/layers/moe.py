@@ -214,7 +214,8 @@ class MoE(nnx.Module):
         real_GSK = jnp.broadcast_to(valid_GS[..., None], experts.shape)
         assigned = jnp.sum(jax.nn.one_hot(experts, E, dtype=jnp.float32) * real_GSK[..., None], axis=(0, 1, 2))
         if cfg.dispatch == "capacity":
-            y, dropped = self._capacity_dispatch(x_GSD, experts, weights, real_GSK)
+            scores = jnp.take_along_axis(probs_GSE, experts, axis=-1)  # score priority: the router's probability
+            y, dropped = self._capacity_dispatch(x_GSD, experts, weights, real_GSK, scores)
         else:
             y, dropped = self._dropless_dispatch(x_GSD, experts, weights, real_GSK), jnp.zeros((), jnp.float32)
         return y, assigned, dropped
@@ -287,9 +288,9 @@ class MoE(nnx.Module):
         apply.defvjp(forward, backward)
         return apply(state, x, weights, experts, over, place)
 
-    def _places(self, experts_GSK, weights_GSK, real_GSK, priority: str) -> jax.Array:
+    def _places(self, experts_GSK, scores_GSK, real_GSK, priority: str) -> jax.Array:
         """Each assignment's place in its expert's queue within its group ``[G, S, K]``, in the
-        order of ``priority`` (padding takes no place)."""
+        order of ``priority`` (``score``: higher ``scores_GSK`` first; padding takes no place)."""
         G, S, K = experts_GSK.shape
         E = self.cfg.experts
 
@@ -299,8 +300,8 @@ class MoE(nnx.Module):
         flat_e, flat_real = slot_major(experts_GSK), slot_major(real_GSK)
         if priority == "position":
             order = jnp.broadcast_to(jnp.arange(K * S), (G, K * S))
-        else:  # by router weight, ties in the position order
-            order = jnp.argsort(-slot_major(weights_GSK), axis=-1, stable=True)
+        else:  # by score, ties in the position order
+            order = jnp.argsort(-slot_major(scores_GSK), axis=-1, stable=True)
         e_sorted = jnp.take_along_axis(flat_e, order, axis=-1)
         real_sorted = jnp.take_along_axis(flat_real, order, axis=-1)
         onehot = jax.nn.one_hot(e_sorted, E, dtype=jnp.int32) * real_sorted[..., None]
@@ -308,9 +309,10 @@ class MoE(nnx.Module):
         place = jnp.zeros_like(place_sorted).at[jnp.arange(G)[:, None], order].set(place_sorted)
         return jnp.swapaxes(place.reshape(G, K, S), 1, 2)
 
-    def _capacity_dispatch(self, x_GSD, experts_GSK, weights_GSK, real_GSK):
-        """Each expert takes its first C assignments per group by the priority; the rest drop."""
-        place = self._places(experts_GSK, weights_GSK, real_GSK, self.cfg.priority)
+    def _capacity_dispatch(self, x_GSD, experts_GSK, weights_GSK, real_GSK, scores_GSK):
+        """Each expert takes its first C assignments per group by the priority (``score``: the
+        router probabilities ``scores_GSK``, before renormalisation); the rest drop."""
+        place = self._places(experts_GSK, scores_GSK, real_GSK, self.cfg.priority)
         return self._capacity_layout(x_GSD, experts_GSK, weights_GSK, real_GSK, place, C=capacity(self.cfg, x_GSD.shape[1]))
 
     def _capacity_layout(self, x_GSD, experts_GSK, weights_GSK, real_GSK, place_GSK, *, C: int):
