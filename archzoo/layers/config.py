@@ -275,9 +275,9 @@ class MoeConfig:
         (higher router probability first, before renormalisation: batch prioritized routing,
         Riquelme et al. 2021).
       grouped_matmul: the dropless path: ``ragged`` (assignments sorted by expert,
-        ``jax.lax.ragged_dot``), ``padded`` (each expert's assignments padded to one capacity
-        that holds the most loaded expert, chosen among a few fixed sizes at run time, and one
-        batched matmul) or ``auto`` (padded on CPU, ragged elsewhere; ``archzoo bench moe``
+        ``jax.lax.ragged_dot``), ``padded`` (each expert's assignments padded to a capacity of
+        1.25 times the mean load, one batched matmul, and further passes only when an expert
+        is more loaded than that) or ``auto`` (padded on CPU, ragged elsewhere; ``archzoo bench moe``
         measures both).
       jitter: training only: the router's input is multiplied by U(1 - jitter, 1 + jitter)
         (Switch); the experts see the input unchanged.

@@ -9,8 +9,8 @@ passes through (DeepSeekMoE; Qwen-MoE gates them by a sigmoid).
 Dispatch:
 
 - ``dropless``: no assignment is dropped: they are sorted by expert and run through a grouped
-  matmul (``jax.lax.ragged_dot``), or laid out as for capacity dispatch with a capacity that
-  holds the most loaded expert (``padded``: one batched matmul; the fast one on CPU).
+  matmul (``jax.lax.ragged_dot``), or laid out as for capacity dispatch in passes that together
+  hold the most loaded expert (``padded``: batched matmuls; the fast one on CPU).
 - ``capacity``: each expert takes at most C assignments per group (a batch row or the whole
   batch); the ones past C by the stated priority are dropped: that expert adds nothing for them,
   so a token dropped by all its experts passes through the block's residual unchanged.
@@ -239,32 +239,37 @@ class MoE(nnx.Module):
         return y.reshape(G, S, D)
 
     def _dropless_padded(self, x_GSD, experts_GSK, weights_GSK, real_GSK):
-        """The whole batch as one group in the capacity layout, one batched matmul ``[E, C, D]``
-        with C 1.25 times the mean load; the assignments past C (an expert more loaded than that:
-        rare once routing is balanced) run in a second pass, taken only when there are any
-        (``lax.cond``), of capacity N, which holds every token. Nothing is dropped."""
+        """The whole batch as one group in the capacity layout: one batched matmul ``[E, C, D]``
+        with C 1.25 times the mean load, then, for the assignments past it (an expert more
+        loaded than that), passes of 0.5, 1, 2, ... times the mean load more, each run only when
+        some assignment reaches it (``lax.cond``), until every token fits. Nothing is dropped;
+        the cost follows the most loaded expert (each pass pads every expert to its width)."""
         G, S, D = x_GSD.shape
         E, K = self.cfg.experts, self.cfg.k
         N = G * S
         x, experts, weights, real = (a.reshape(1, N, *a.shape[2:]) for a in (x_GSD, experts_GSK, weights_GSK, real_GSK))
         place = self._places(experts, weights, real, "position")
-        C = min(N, max(1, math.ceil(1.25 * N * K / E)))
-        y, _ = self._capacity_layout(x, experts, weights, real, place, C=C)
-        if C < N:
-            y = y + self._overflow(x, experts, weights, real & (place >= C), place - C)
+        mean = N * K / E
+        start = min(N, max(1, math.ceil(1.25 * mean)))
+        y, _ = self._capacity_layout(x, experts, weights, real, place, C=start)
+        step = 0.5
+        while start < N:  # an expert takes each token once at most
+            width = min(N - start, max(1, math.ceil(step * mean)))
+            y = y + self._overflow(x, experts, weights, real & (place >= start), place - start, width)
+            start, step = start + width, 2 * step
         return y.reshape(G, S, D)
 
-    def _overflow(self, x, experts, weights, over, place):
-        """The assignments past the first pass's capacity, in a pass of capacity N, run (forward
-        and backward) only when there are any. A custom VJP keeps ``lax.cond`` from saving the
-        unused branch's activations as zeros for the backward pass (measured: that made the
-        untaken branch cost as much as the layer); the backward pass recomputes the branch."""
+    def _overflow(self, x, experts, weights, over, place, C: int):
+        """The assignments ``over`` (places counted from this pass's start) in a pass of
+        capacity C, run (forward and backward) only when there are any. A custom VJP keeps
+        ``lax.cond`` from saving the unused branch's activations as zeros for the backward pass
+        (measured: that made the untaken branch cost as much as the layer); the backward pass
+        recomputes the branch."""
         graphdef, state = nnx.split(self)
-        N = x.shape[1]
         needed = jnp.any(over)
 
         def run(state, x, weights, experts, over, place):
-            return nnx.merge(graphdef, state)._capacity_layout(x, experts, weights, over, place, C=N)[0]
+            return nnx.merge(graphdef, state)._capacity_layout(x, experts, weights, over, place, C=C)[0]
 
         def no_ints(*arrays):  # integer and boolean inputs have no cotangent
             return tuple(np.zeros(a.shape, jax.dtypes.float0) for a in arrays)
