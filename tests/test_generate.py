@@ -32,10 +32,16 @@ DECODERS = {
     "t5_bias": dict(position={"kind": "t5_bias"}, norm={"kind": "rmsnorm"}),
     "prefix": dict(mask="prefix", position={"kind": "rope"}),
     "prefix_t5_bias": dict(mask="prefix", position={"kind": "t5_bias"}, norm={"kind": "rmsnorm"}),
+    # dropless token-choice routing reads one token at a time: one decode step routes as the full pass
+    "moe_top2": dict(position={"kind": "rope"}, moe={"num_experts": 4, "top_k": 2, "num_shared_experts": 1}),
+    "prefix_moe_ragged": dict(mask="prefix", position={"kind": "rope"}, moe={"num_experts": 4, "top_k": 1, "grouped_matmul": "ragged"}),
 }
 ENCODER_DECODERS = {
     "learned": dict(position={"kind": "learned", "max_len": 12}, embedding={"tie": False}),
     "t5_bias": dict(position={"kind": "t5_bias"}, norm={"kind": "rmsnorm"}, embedding={"tied_head_rescale": True}),
+    "switch_dropless": dict(
+        position={"kind": "t5_bias"}, norm={"kind": "rmsnorm"}, moe={"num_experts": 4, "top_k": 1, "normalize": False, "every": 2, "offset": 1}
+    ),
 }
 
 
@@ -115,7 +121,7 @@ def test_greedy_equals_loop_of_full_forwards():
     np.testing.assert_array_equal(out.tokens, [seq[-N:] for seq in seqs])
 
 
-@pytest.mark.parametrize(("name", "with_prompts", "start"), [("learned", True, 1), ("t5_bias", False, 0)])
+@pytest.mark.parametrize(("name", "with_prompts", "start"), [("learned", True, 1), ("t5_bias", False, 0), ("switch_dropless", True, 0)])
 def test_encoder_decoder_cache_matches_full_forward(name, with_prompts, start):
     model = _model("encoder_decoder", name)
     prompts = [[11, 12], [], [7]] if with_prompts else [[], [], []]

@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from archzoo.analysis.runs import SWEEP_FILE, RecordError, is_run_dir, load_run, sweep_manifest, write_text_atomic
@@ -331,10 +332,13 @@ class _LocalJob:
             os.sched_setaffinity(0, cores)
             _die_with_parent()
 
-        self.process = subprocess.Popen(
-            command, env=_thread_env(len(cores)), preexec_fn=setup,
-            stdout=self._log, stderr=subprocess.STDOUT if self._log else None,
-        )
+        with warnings.catch_warnings():
+            # the child only pins itself and execs a fresh `archzoo run`: none of JAX's threads is needed in it
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            self.process = subprocess.Popen(
+                command, env=_thread_env(len(cores)), preexec_fn=setup,
+                stdout=self._log, stderr=subprocess.STDOUT if self._log else None,
+            )
 
     def poll(self) -> int | None:
         rc = self.process.poll()
