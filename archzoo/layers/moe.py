@@ -309,16 +309,9 @@ class MoE(nnx.Module):
             order = jnp.argsort(-slot_major(scores_GSK), axis=-1, stable=True)
         e_sorted = jnp.take_along_axis(flat_e, order, axis=-1)
         real_sorted = jnp.take_along_axis(flat_real, order, axis=-1)
-        # an assignment's place is its rank among its expert's: a stable sort by expert (a cumsum
-        # over the K*S axis would do it too, but XLA's CPU cumsum is quadratic in that length)
-        key = jnp.where(real_sorted, e_sorted, E)  # padding last, in an "expert" of its own
-        by_expert = jnp.argsort(key, axis=-1, stable=True)
-        counts = jnp.sum(jax.nn.one_hot(key, E + 1, dtype=jnp.int32), axis=1)  # [G, E + 1]
-        starts = jnp.cumsum(counts, axis=-1) - counts
-        rank = jnp.arange(K * S)[None] - jnp.take_along_axis(starts, jnp.take_along_axis(key, by_expert, axis=-1), axis=-1)
-        g = jnp.arange(G)[:, None]
-        place_sorted = jnp.zeros_like(rank).at[g, by_expert].set(rank)  # [G, K*S], in priority order
-        place = jnp.zeros_like(place_sorted).at[g, order].set(place_sorted)
+        onehot = jax.nn.one_hot(e_sorted, E, dtype=jnp.int32) * real_sorted[..., None]
+        place_sorted = jnp.sum((jnp.cumsum(onehot, axis=1) - 1) * onehot, axis=-1)  # [G, K*S]
+        place = jnp.zeros_like(place_sorted).at[jnp.arange(G)[:, None], order].set(place_sorted)
         return jnp.swapaxes(place.reshape(G, K, S), 1, 2)
 
     def _capacity_dispatch(self, x_GSD, experts_GSK, weights_GSK, real_GSK, scores_GSK):
