@@ -20,37 +20,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from archzoo.convert.common import (
-    TensorReader,
-    activation_from_hf,
-    experts_from_hf,
-    experts_to_hf,
-    finish_config,
-    head_from_hf,
-    head_to_hf,
-    out_from_linear,
-    out_to_linear,
-    qkv_from_linear,
-    qkv_to_linear,
-    refuse,
-    take_shaped,
-    token_ids_from_hf,
+from archzoo.convert.common import TensorReader, finish_config, refuse
+from archzoo.convert.llama import (
+    TOKEN_DEFAULTS,
+    decoder_config_from_hf,
+    decoder_config_to_hf,
+    decoder_weights_from_hf,
+    decoder_weights_to_hf,
 )
-from archzoo.convert.llama import _ACTIVATION_TO_HF, _rope_from_hf, _rope_to_hf
-from archzoo.models.config import (
-    AttentionConfig,
-    EmbeddingConfig,
-    MlpConfig,
-    ModelConfig,
-    MoeConfig,
-    NormConfig,
-)
+from archzoo.convert.llama_moe import routed_experts_from_hf, routed_experts_to_hf
+from archzoo.models.config import ModelConfig, MoeConfig
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
 
 MODEL_TYPE = "mixtral"
-# The special-token ids of the transformers config class, for keys a config.json lacks.
-TOKEN_DEFAULTS = dict(bos=1, eos=2)
+# The sizes of the transformers config class, for keys a config.json lacks.
+DEFAULTS = dict(hidden_size=4096, num_attention_heads=32, vocab_size=32000, num_hidden_layers=32, intermediate_size=14336, rms_norm_eps=1e-5)
 # archzoo expert weight -> Mixtral's per-expert layer
 EXPERTS = {"gate": "w1", "up": "w3", "down": "w2"}
 
@@ -69,40 +54,13 @@ def config_from_hf(hf: dict) -> ModelConfig:
     jitter = hf.get("router_jitter_noise", 0.0) or 0.0
     if jitter:
         raise refuse(MODEL_TYPE, "router_jitter_noise", jitter, "Mixtral jitters the input of the router and the experts; archzoo's moe.jitter only the router's")
-    D, H = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
-    G = hf.get("num_key_value_heads") or H
-    head_dim = hf.get("head_dim") or D // H
-    return ModelConfig(
-        family="decoder",
-        name=MODEL_TYPE,
-        vocab_size=hf.get("vocab_size", 32000),
-        d_model=D,
-        num_layers=hf.get("num_hidden_layers", 32),
-        attention=AttentionConfig(
-            num_heads=H,
-            num_kv_heads=None if G == H else G,
-            head_dim=None if head_dim == D // H else head_dim,
-            bias=False,
-            out_bias=False,
-            sliding_window=hf.get("sliding_window"),
-        ),
-        mlp=MlpConfig(
-            d_ff=hf.get("intermediate_size", 14336),
-            activation=activation_from_hf(MODEL_TYPE, "hidden_act", hf.get("hidden_act", "silu")),
-            gated=True,
-            bias=False,
-        ),
-        norm=NormConfig(kind="rmsnorm", eps=hf.get("rms_norm_eps", 1e-5), bias=False, placement="pre", final_norm=True),
-        position=_rope_from_hf(hf, MODEL_TYPE),
-        embedding=EmbeddingConfig(tie=hf.get("tie_word_embeddings", False)),
-        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, MODEL_TYPE),
-        moe=MoeConfig(
-            num_experts=hf.get("num_local_experts", 8),
-            top_k=hf.get("num_experts_per_tok", 2),
-            normalize=True,
-            load_balance_weight=hf.get("router_aux_loss_coef", 0.001),
-        ),
+    moe = MoeConfig(
+        num_experts=hf.get("num_local_experts", 8),
+        top_k=hf.get("num_experts_per_tok", 2),
+        normalize=True,
+        load_balance_weight=hf.get("router_aux_loss_coef", 0.001),
     )
+    return decoder_config_from_hf(hf, MODEL_TYPE, DEFAULTS, TOKEN_DEFAULTS, moe, bias=False, out_bias=False, sliding_window=hf.get("sliding_window"))
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -114,23 +72,10 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     """
     if cfg.moe is None:
         raise ValueError(f"model_type {MODEL_TYPE!r} cannot hold this config: moe=None (every Mixtral layer is MoE; a dense model is 'mistral')")
-    att, moe = cfg.attention, cfg.moe
-    hf = {
-        "model_type": MODEL_TYPE,
-        "architectures": ["MixtralForCausalLM"],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": moe.expert_width(cfg.mlp.d_ff),
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": att.num_heads,
-        "num_key_value_heads": att.kv_heads,
+    moe = cfg.moe
+    hf = decoder_config_to_hf(cfg, MODEL_TYPE, "MixtralForCausalLM", moe.expert_width(cfg.mlp.d_ff)) | {
         "head_dim": cfg.head_dim,
-        "hidden_act": _ACTIVATION_TO_HF[cfg.mlp.activation],
-        "rms_norm_eps": cfg.norm.eps,
-        "max_position_embeddings": cfg.position.max_len,
-        "rope_theta": cfg.position.rope_theta,
-        "rope_parameters": _rope_to_hf(cfg.position),
-        "sliding_window": att.sliding_window,
+        "sliding_window": cfg.attention.sliding_window,
         "num_local_experts": moe.experts,
         "num_experts_per_tok": moe.k,
         "router_aux_loss_coef": moe.load_balance_weight,
@@ -160,37 +105,14 @@ def weights_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[st
       ValueError: naming a missing tensor, an expert or router tensor of another shape, or a
         tensor archzoo would not use.
     """
-    r = TensorReader(tensors, MODEL_TYPE, ("model.", ""), "embed_tokens.weight")
-    H, G = cfg.attention.num_heads, cfg.attention.kv_heads
-    E, D, F = cfg.moe.experts, cfg.d_model, cfg.moe.expert_width(cfg.mlp.d_ff)
-    out = {"embed/table": r.take("embed_tokens.weight")}
-    for i in range(cfg.num_layers):
-        hf, az = f"layers.{i}.", f"stack/blocks/{i}/"
-        out |= qkv_from_linear(r, hf + "self_attn.", az + "attn/", {"q": H, "k": G, "v": G}, False)
-        out[az + "attn/o"] = out_from_linear(r.take(hf + "self_attn.o_proj.weight"), H)
-        moe = _moe_prefix(r, i)
-        out[az + "mlp/router"] = take_shaped(r, moe + "gate.weight", (E, D), "[experts, d_model]").T
-        out |= experts_from_hf(r, moe + "experts.", az + "mlp/", EXPERTS, (E, D, F))
-        out[az + "attn_norm/scale"] = r.take(hf + "input_layernorm.weight")
-        out[az + "mlp_norm/scale"] = r.take(hf + "post_attention_layernorm.weight")
-    out["stack/final_norm/scale"] = r.take("norm.weight")
-    out |= head_from_hf(r, cfg)
-    r.finish(ignore=(r"rotary_emb\.inv_freq$",))
-    return out
+
+    def layer(r, i, hf, az):
+        return routed_experts_from_hf(r, cfg, _moe_prefix(r, i), az + "mlp/", EXPERTS)
+
+    return decoder_weights_from_hf(tensors, cfg, MODEL_TYPE, layer)
 
 
 def weights_to_hf(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Mixtral tensors in the checkpoint layout (``model.layers.N.block_sparse_moe.*``,
     ``lm_head.weight`` when untied) from archzoo parameters."""
-    p = params
-    out = {"model.embed_tokens.weight": p["embed/table"]}
-    for i in range(cfg.num_layers):
-        hf, az = f"model.layers.{i}.", f"stack/blocks/{i}/"
-        out |= qkv_to_linear(p, az + "attn/", hf + "self_attn.", False)
-        out[hf + "self_attn.o_proj.weight"] = out_to_linear(p[az + "attn/o"])
-        out[hf + "block_sparse_moe.gate.weight"] = p[az + "mlp/router"].T
-        out |= experts_to_hf(p, az + "mlp/", hf + "block_sparse_moe.experts.", EXPERTS)
-        out[hf + "input_layernorm.weight"] = p[az + "attn_norm/scale"]
-        out[hf + "post_attention_layernorm.weight"] = p[az + "mlp_norm/scale"]
-    out["model.norm.weight"] = p["stack/final_norm/scale"]
-    return out | head_to_hf(p, cfg)
+    return decoder_weights_to_hf(params, cfg, lambda p, i, hf, az: routed_experts_to_hf(p, az + "mlp/", hf + "block_sparse_moe.", EXPERTS))

@@ -26,39 +26,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from archzoo.convert.common import (
-    TensorReader,
-    activation_from_hf,
-    experts_from_hf,
-    experts_to_hf,
-    finish_config,
-    head_from_hf,
-    head_to_hf,
-    out_from_linear,
-    out_to_linear,
-    qkv_from_linear,
-    qkv_to_linear,
-    refuse,
-    take_shaped,
-    token_ids_from_hf,
+from archzoo.convert.common import finish_config, refuse, take_shaped
+from archzoo.convert.llama import (
+    MLP,
+    decoder_config_from_hf,
+    decoder_config_to_hf,
+    decoder_weights_from_hf,
+    decoder_weights_to_hf,
+    mlp_from_hf,
+    mlp_to_hf,
 )
-from archzoo.convert.llama import _ACTIVATION_TO_HF, _rope_from_hf, _rope_to_hf
-from archzoo.models.config import (
-    AttentionConfig,
-    EmbeddingConfig,
-    MlpConfig,
-    ModelConfig,
-    MoeConfig,
-    NormConfig,
-)
+from archzoo.convert.llama_moe import routed_experts_from_hf, routed_experts_to_hf
+from archzoo.models.config import ModelConfig, MoeConfig
 
 __all__ = ["config_from_hf", "config_to_hf", "weights_from_hf", "weights_to_hf"]
 
 MODEL_TYPE = "qwen2_moe"
 # The special-token ids of the transformers config class (none), for keys a config.json lacks.
 TOKEN_DEFAULTS = {}
-# archzoo expert weight -> Qwen's per-expert layer (the shared and the dense MLPs use the same names)
-EXPERTS = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+# The sizes of the transformers config class, for keys a config.json lacks.
+DEFAULTS = dict(hidden_size=2048, num_attention_heads=16, vocab_size=151936, num_hidden_layers=24, intermediate_size=5632, rms_norm_eps=1e-6)
+# archzoo expert weight -> Qwen's per-expert layer (Llama's MLP names, as the shared and the dense MLPs use)
+EXPERTS = MLP
 
 
 def _layer_types(hf: dict, num_layers: int) -> list[str]:
@@ -89,10 +78,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
       ValueError: naming the key, for sliding-window layers, a shared expert of width 0 and RoPE
         variants other than the default and Llama 3's.
     """
-    D, H = hf.get("hidden_size", 2048), hf.get("num_attention_heads", 16)
-    G = hf.get("num_key_value_heads") or H
-    head_dim = hf.get("head_dim") or D // H
-    L = hf.get("num_hidden_layers", 24)
+    L = hf.get("num_hidden_layers", DEFAULTS["num_hidden_layers"])
     if "sliding_attention" in _layer_types(hf, L):
         key = "layer_types" if hf.get("layer_types") else "use_sliding_window"
         raise refuse(MODEL_TYPE, key, hf.get(key), "Qwen2-MoE slides the window of some layers only; archzoo's attention.sliding_window is every layer's")
@@ -117,31 +103,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
             load_balance_weight=hf.get("router_aux_loss_coef", 0.001),
             **placement,
         )
-    return ModelConfig(
-        family="decoder",
-        name=MODEL_TYPE,
-        vocab_size=hf.get("vocab_size", 151936),
-        d_model=D,
-        num_layers=L,
-        attention=AttentionConfig(
-            num_heads=H,
-            num_kv_heads=None if G == H else G,
-            head_dim=None if head_dim == D // H else head_dim,
-            bias=hf.get("qkv_bias", True),
-            out_bias=False,
-        ),
-        mlp=MlpConfig(
-            d_ff=hf.get("intermediate_size", 5632),
-            activation=activation_from_hf(MODEL_TYPE, "hidden_act", hf.get("hidden_act", "silu")),
-            gated=True,
-            bias=False,
-        ),
-        norm=NormConfig(kind="rmsnorm", eps=hf.get("rms_norm_eps", 1e-6), bias=False, placement="pre", final_norm=True),
-        position=_rope_from_hf(hf, MODEL_TYPE),
-        embedding=EmbeddingConfig(tie=hf.get("tie_word_embeddings", False)),
-        token_ids=token_ids_from_hf(hf, TOKEN_DEFAULTS, MODEL_TYPE),
-        moe=moe,
-    )
+    return decoder_config_from_hf(hf, MODEL_TYPE, DEFAULTS, TOKEN_DEFAULTS, moe, bias=hf.get("qkv_bias", True), out_bias=False)
 
 
 def _placement_to_hf(cfg: ModelConfig) -> dict:
@@ -166,20 +128,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         raise ValueError(
             f"model_type {MODEL_TYPE!r} cannot hold this config: moe.num_shared_experts=0 (every Qwen2-MoE layer has a shared expert)"
         )
-    hf = {
-        "model_type": MODEL_TYPE,
-        "architectures": ["Qwen2MoeForCausalLM"],
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.mlp.d_ff,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": att.num_heads,
-        "num_key_value_heads": att.kv_heads,
-        "hidden_act": _ACTIVATION_TO_HF[cfg.mlp.activation],
-        "rms_norm_eps": cfg.norm.eps,
-        "max_position_embeddings": cfg.position.max_len,
-        "rope_theta": cfg.position.rope_theta,
-        "rope_parameters": _rope_to_hf(cfg.position),
+    hf = decoder_config_to_hf(cfg, MODEL_TYPE, "Qwen2MoeForCausalLM", cfg.mlp.d_ff) | {
         "qkv_bias": att.bias,
         "use_sliding_window": False,
     } | _placement_to_hf(cfg)
@@ -214,51 +163,30 @@ def weights_from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict[st
       ValueError: naming a missing tensor, an expert, router or shared-gate tensor of another
         shape, or a tensor archzoo would not use.
     """
-    r = TensorReader(tensors, MODEL_TYPE, ("model.", ""), "embed_tokens.weight")
-    att, moe = cfg.attention, cfg.moe
-    H, G, D = att.num_heads, att.kv_heads, cfg.d_model
-    out = {"embed/table": r.take("embed_tokens.weight")}
-    for i in range(cfg.num_layers):
-        hf, az = f"layers.{i}.", f"stack/blocks/{i}/"
-        out |= qkv_from_linear(r, hf + "self_attn.", az + "attn/", {"q": H, "k": G, "v": G}, att.bias)
-        out[az + "attn/o"] = out_from_linear(r.take(hf + "self_attn.o_proj.weight"), H)
-        if moe is not None and moe.is_moe("decoder", i):
-            E, F = moe.experts, moe.expert_width(cfg.mlp.d_ff)
-            out[az + "mlp/router"] = take_shaped(r, hf + "mlp.gate.weight", (E, D), "[experts, d_model]").T
-            out |= experts_from_hf(r, hf + "mlp.experts.", az + "mlp/", EXPERTS, (E, D, F))
-            for ours, theirs in EXPERTS.items():
-                out[az + f"mlp/shared/{ours}"] = r.take(hf + f"mlp.shared_expert.{theirs}.weight").T
-            out[az + "mlp/shared_gate"] = take_shaped(r, hf + "mlp.shared_expert_gate.weight", (1, D), "[1, d_model]")[0]
-        else:
-            for ours, theirs in EXPERTS.items():
-                out[az + f"mlp/{ours}"] = r.take(hf + f"mlp.{theirs}.weight").T
-        out[az + "attn_norm/scale"] = r.take(hf + "input_layernorm.weight")
-        out[az + "mlp_norm/scale"] = r.take(hf + "post_attention_layernorm.weight")
-    out["stack/final_norm/scale"] = r.take("norm.weight")
-    out |= head_from_hf(r, cfg)
-    r.finish(ignore=(r"rotary_emb\.inv_freq$",))
-    return out
+    moe, D = cfg.moe, cfg.d_model
+
+    def layer(r, i, hf, az):
+        if moe is None or not moe.is_moe("decoder", i):
+            return mlp_from_hf(r, hf + "mlp.", az + "mlp/")
+        out = routed_experts_from_hf(r, cfg, hf + "mlp.", az + "mlp/", EXPERTS)
+        out |= mlp_from_hf(r, hf + "mlp.shared_expert.", az + "mlp/shared/")
+        out[az + "mlp/shared_gate"] = take_shaped(r, hf + "mlp.shared_expert_gate.weight", (1, D), "[1, d_model]")[0]
+        return out
+
+    return decoder_weights_from_hf(tensors, cfg, MODEL_TYPE, layer)
 
 
 def weights_to_hf(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Qwen2-MoE tensors in the checkpoint layout (``model.layers.N.mlp.experts.M.*``,
     ``lm_head.weight`` when untied) from archzoo parameters."""
-    p, moe = params, cfg.moe
-    out = {"model.embed_tokens.weight": p["embed/table"]}
-    for i in range(cfg.num_layers):
-        hf, az = f"model.layers.{i}.", f"stack/blocks/{i}/"
-        out |= qkv_to_linear(p, az + "attn/", hf + "self_attn.", cfg.attention.bias)
-        out[hf + "self_attn.o_proj.weight"] = out_to_linear(p[az + "attn/o"])
-        if moe is not None and moe.is_moe("decoder", i):
-            out[hf + "mlp.gate.weight"] = p[az + "mlp/router"].T
-            out |= experts_to_hf(p, az + "mlp/", hf + "mlp.experts.", EXPERTS)
-            for ours, theirs in EXPERTS.items():
-                out[hf + f"mlp.shared_expert.{theirs}.weight"] = p[az + f"mlp/shared/{ours}"].T
-            out[hf + "mlp.shared_expert_gate.weight"] = p[az + "mlp/shared_gate"][None, :]
-        else:
-            for ours, theirs in EXPERTS.items():
-                out[hf + f"mlp.{theirs}.weight"] = p[az + f"mlp/{ours}"].T
-        out[hf + "input_layernorm.weight"] = p[az + "attn_norm/scale"]
-        out[hf + "post_attention_layernorm.weight"] = p[az + "mlp_norm/scale"]
-    out["model.norm.weight"] = p["stack/final_norm/scale"]
-    return out | head_to_hf(p, cfg)
+    moe = cfg.moe
+
+    def layer(p, i, hf, az):
+        if moe is None or not moe.is_moe("decoder", i):
+            return mlp_to_hf(p, az + "mlp/", hf + "mlp.")
+        out = routed_experts_to_hf(p, az + "mlp/", hf + "mlp.", EXPERTS)
+        out |= mlp_to_hf(p, az + "mlp/shared/", hf + "mlp.shared_expert.")
+        out[hf + "mlp.shared_expert_gate.weight"] = p[az + "mlp/shared_gate"][None, :]
+        return out
+
+    return decoder_weights_to_hf(params, cfg, layer)
