@@ -107,7 +107,8 @@ def _time(fn, *args, steps: int) -> tuple[float, float]:
 def moe_variants(base, experts: int = 8, top_k: int = 2) -> list[tuple[str, object]]:
     """The dense model and its MoE twins at the same active parameters: ``experts`` experts of
     width ``d_ff / top_k`` in every block, ``top_k`` per token (plus the router), dispatched
-    dropless by blocks, dropless by ``ragged_dot``, and by capacity (factor 1.25)."""
+    dropless by padding (:mod:`archzoo.layers.moe`), dropless by ``ragged_dot``, and by
+    capacity (factor 1.25)."""
     from archzoo.layers.config import MoeConfig
 
     width = base.mlp.d_ff // top_k

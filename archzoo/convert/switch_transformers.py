@@ -44,6 +44,7 @@ from archzoo.convert.common import (
     token_ids_to_hf,
     write_pairs,
 )
+from archzoo.convert.t5 import stack_pairs
 from archzoo.models.config import (
     AttentionConfig,
     EmbeddingConfig,
@@ -233,29 +234,15 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 
 def _pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:
     """(Hugging Face name, archzoo path, how the array maps) for every weight but the
-    embedding, the head and the routed experts."""
-    pairs = []
-    for stack, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.num_layers)):
-        bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-        pairs.append((bias, f"{stack}/relative_bias/table", "copy"))
-        pairs.append((f"{stack}.final_layer_norm.weight", f"{stack}/final_norm/scale", "copy"))
-        for i in range(n):
-            hf, az = f"{stack}.block.{i}.layer", f"{stack}/blocks/{i}"
-            sublayers = [("0", "SelfAttention", "attn_norm", "attn")]
-            if stack == "decoder":
-                sublayers.append(("1", "EncDecAttention", "cross_norm", "cross_attn"))
-            for j, name, norm, attn in sublayers:
-                pairs.append((f"{hf}.{j}.layer_norm.weight", f"{az}/{norm}/scale", "copy"))
-                for w in ("q", "k", "v"):
-                    pairs.append((f"{hf}.{j}.{name}.{w}.weight", f"{az}/{attn}/{w}", "heads_in"))
-                pairs.append((f"{hf}.{j}.{name}.o.weight", f"{az}/{attn}/o", "heads_out"))
-            j = len(sublayers)
-            pairs.append((f"{hf}.{j}.layer_norm.weight", f"{az}/mlp_norm/scale", "copy"))
-            if _is_moe(cfg, stack, i):
-                pairs.append((f"{hf}.{j}.mlp.router.classifier.weight", f"{az}/mlp/router", "linear"))
-            else:
-                pairs += [(f"{hf}.{j}.mlp.{theirs}.weight", f"{az}/mlp/{ours}", "linear") for ours, theirs in EXPERTS.items()]
-    return pairs
+    embedding, the head and the routed experts: T5's stacks, with a router or a dense MLP in
+    each block."""
+
+    def feed_forward(hf: str, az: str, stack: str, i: int) -> list[tuple[str, str, str]]:
+        if _is_moe(cfg, stack, i):
+            return [(f"{hf}.mlp.router.classifier.weight", f"{az}/mlp/router", "linear")]
+        return [(f"{hf}.mlp.{theirs}.weight", f"{az}/mlp/{ours}", "linear") for ours, theirs in EXPERTS.items()]
+
+    return stack_pairs(cfg, feed_forward)
 
 
 def _is_moe(cfg: ModelConfig, stack: str, i: int) -> bool:

@@ -156,9 +156,21 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 def _pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:
     """(Hugging Face name, archzoo path, how the array maps) for every weight but the embedding
     and head."""
-    pairs = []
     mlp = [("wi_0", "gate", "linear"), ("wi_1", "up", "linear")] if cfg.mlp.gated else [("wi", "up", "linear")]
     mlp = mlp + [("wo", "down", "linear")]
+
+    def dense(hf: str, az: str, stack: str, i: int) -> list[tuple[str, str, str]]:
+        return [(f"{hf}.DenseReluDense.{w}.weight", f"{az}/mlp/{a}", kind) for w, a, kind in mlp]
+
+    return stack_pairs(cfg, dense)
+
+
+def stack_pairs(cfg: ModelConfig, feed_forward) -> list[tuple[str, str, str]]:
+    """The weight table of T5's two stacks (relative bias, attention, cross-attention, norms),
+    with each block's feed-forward weights from ``feed_forward(hf, az, stack, i)``: ``hf`` is the
+    feed-forward sublayer's name (``encoder.block.3.layer.1``), ``az`` the block's path.
+    SwitchTransformers shares it."""
+    pairs = []
     for stack, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.num_layers)):
         bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
         pairs.append((bias, f"{stack}/relative_bias/table", "copy"))
@@ -175,8 +187,7 @@ def _pairs(cfg: ModelConfig) -> list[tuple[str, str, str]]:
                 pairs.append((f"{hf}.{j}.{name}.o.weight", f"{az}/{attn}/o", "heads_out"))
             j = len(sublayers)
             pairs.append((f"{hf}.{j}.layer_norm.weight", f"{az}/mlp_norm/scale", "copy"))
-            for w, a, kind in mlp:
-                pairs.append((f"{hf}.{j}.DenseReluDense.{w}.weight", f"{az}/mlp/{a}", kind))
+            pairs += feed_forward(f"{hf}.{j}", az, stack, i)
     return pairs
 
 

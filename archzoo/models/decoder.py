@@ -60,7 +60,7 @@ class Decoder(LanguageModel):
         x = self.embed(tokens, self.dtype)
         x, out = self.stack(x, facts, mask, kv_facts=kv_facts, cache=cache, rng=rng)
         new_cache = None if cache is None else cache.advance(out.kv, kv_facts, tokens.shape[1])
-        return ModelOutput.of(self.logits(x), {"decoder": out.report}, new_cache)
+        return ModelOutput.of(self.logits(x), [out.report], new_cache)
 
     def batch_inputs(self, batch: dict) -> dict:
         """:meth:`forward`'s arguments for a packed batch: the decoder stream."""

@@ -32,7 +32,7 @@ class Encoder(LanguageModel):
         if mask is None:
             mask = self_attention_mask(self.config, facts, bidirectional=True)
         x, out = self.stack(self.embed(tokens, self.dtype), facts, mask, rng=rng)
-        return ModelOutput.of(self.logits(x), {"encoder": out.report})
+        return ModelOutput.of(self.logits(x), [out.report])
 
     def batch_inputs(self, batch: dict) -> dict:
         """:meth:`forward`'s arguments for a packed batch: the encoder stream."""

@@ -64,7 +64,7 @@ class EncoderDecoder(LanguageModel):
         x = self.embed(tokens, self.dtype)
         x, out = self.decoder(x, facts, mask, kv_facts=kv_facts, cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, rng=rng)
         new_cache = None if cache is None else cache.advance(out.kv, kv_facts, tokens.shape[1])
-        return ModelOutput.of(self.logits(x), {"decoder": out.report}, new_cache)
+        return ModelOutput.of(self.logits(x), [out.report], new_cache)
 
     def __call__(
         self,
@@ -97,8 +97,7 @@ class EncoderDecoder(LanguageModel):
         encoder_rng, decoder_rng = (None, None) if rng is None else jax.random.split(rng)
         memory, encoder_facts, encoder_report = self._encode(encoder_tokens, encoder_facts, encoder_rng)
         out = self._decode(decoder_tokens, decoder_facts, memory, encoder_facts, rng=decoder_rng)
-        report = LayerReport.merge([encoder_report.prefixed("encoder"), LayerReport(out.losses, out.stats)])
-        return ModelOutput(out.logits, report.losses, report.stats)
+        return ModelOutput.of(out.logits, [encoder_report, LayerReport(out.losses, out.stats)])
 
     def batch_inputs(self, batch: dict) -> dict:
         """:meth:`forward`'s arguments for a packed batch: both streams."""

@@ -26,7 +26,7 @@ class StackOutput:
 
     Attributes:
       kv: per layer, the (keys, values) of its self-attention (the cache's, when decoding).
-      report: its layers' reports, named ``{layer}/{name}``.
+      report: its layers' reports, named ``{stack}/{layer}/{name}``.
     """
 
     kv: list
@@ -56,7 +56,7 @@ class ModelOutput:
         return sum(self.losses.values(), jnp.zeros((), jnp.float32))
 
     @classmethod
-    def of(cls, logits, reports: dict, cache=None) -> "ModelOutput":
-        """Logits with the reports of named stacks (``{"decoder": report}``) and a cache."""
-        merged = LayerReport.merge(r.prefixed(name) for name, r in reports.items())
+    def of(cls, logits, reports, cache=None) -> "ModelOutput":
+        """Logits with the reports of the stacks that ran and a cache."""
+        merged = LayerReport.merge(reports)
         return cls(logits, merged.losses, merged.stats, cache)

@@ -152,6 +152,7 @@ class Stack(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, spec: StackSpec, *, rngs: nnx.Rngs):
         pos, num_layers, cross, bidirectional = cfg.position, spec.num_layers, spec.cross, spec.bidirectional
+        self.name = spec.name
         branches = (3 if cross else 2) * num_layers
         init = parametrisation(cfg.init, cfg.d_model, cfg.head_dim, residual_branches=branches)
         learned = pos.kind == "learned"
@@ -206,7 +207,7 @@ class Stack(nnx.Module):
 
         Returns:
           hidden states ``[B, L, D]`` and a :class:`~archzoo.models.output.StackOutput` (the
-          per-layer keys and values, and the layers' reports named ``{layer}/{name}``).
+          per-layer keys and values, and the layers' reports named ``{stack}/{layer}/{name}``).
         """
         kv_facts = facts if kv_facts is None else kv_facts
         if self.positions is not None:
@@ -235,7 +236,7 @@ class Stack(nnx.Module):
                 rng=None if rng is None else jax.random.fold_in(rng, i),
             )
             new_kv.append(kv)
-            reports.append(report.prefixed(str(i)))
+            reports.append(report.prefixed(f"{self.name}/{i}"))
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
         return x_BLD, StackOutput(new_kv, LayerReport.merge(reports))

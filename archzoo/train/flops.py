@@ -20,7 +20,7 @@ import numpy as np
 
 from archzoo.models.config import ModelConfig
 
-__all__ = ["stack_matmul_params", "feed_forward_params", "forward_flops_per_token", "train_flops"]
+__all__ = ["stack_matmul_params", "feed_forward_params", "forward_flops_per_token", "train_flops_per_token", "train_flops"]
 
 
 def _query_out_params(cfg: ModelConfig) -> int:
@@ -76,12 +76,18 @@ def forward_flops_per_token(cfg: ModelConfig, *, stream: str, context: int, memo
     return 2 * matmuls + 2 * 2 * spec.num_layers * keys * d_attn + head
 
 
+def train_flops_per_token(cfg: ModelConfig, lengths: dict[str, int]) -> dict[str, float]:
+    """Training FLOPs (3x forward) per token of each stack's stream, for rows of ``lengths``
+    (``{"encoder": 512, "decoder": 128}``): a stack that cross-attends reads the other rows."""
+    out = {}
+    for spec in cfg.stacks:
+        memory = sum(n for name, n in lengths.items() if name != spec.name) if spec.cross else 0
+        out[spec.name] = 3 * forward_flops_per_token(cfg, stream=spec.name, context=lengths[spec.name], memory=memory)
+    return out
+
+
 def train_flops(cfg: ModelConfig, batch: dict) -> float:
     """Training FLOPs (3x forward) of one packed batch, counting only real (non-padding) tokens."""
     lengths = {s.name: batch[f"{s.name}_segment_ids"].shape[1] for s in cfg.stacks}
-    total = 0.0
-    for spec in cfg.stacks:
-        tokens = int(np.count_nonzero(batch[f"{spec.name}_segment_ids"]))
-        memory = sum(n for name, n in lengths.items() if name != spec.name) if spec.cross else 0
-        total += tokens * forward_flops_per_token(cfg, stream=spec.name, context=lengths[spec.name], memory=memory)
-    return 3.0 * total
+    per_token = train_flops_per_token(cfg, lengths)
+    return float(sum(int(np.count_nonzero(batch[f"{name}_segment_ids"])) * f for name, f in per_token.items()))

@@ -24,7 +24,7 @@ from archzoo.features.run_data import RunData, build_run_data
 from archzoo.models import build, count_params
 from archzoo.train.checkpoints import RunCheckpoints
 from archzoo.train.config import RunConfig, resolved
-from archzoo.train.flops import forward_flops_per_token, train_flops
+from archzoo.train.flops import train_flops, train_flops_per_token
 from archzoo.train.optimizer import learning_rate
 from archzoo.train.rundir import (
     MetricsWriter,
@@ -87,12 +87,6 @@ def _layer_metrics(metrics: dict) -> dict:
 
 def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
     """The facts of ``run.json``: what a plot or a fit needs to know besides the metrics."""
-    lengths = data.lengths
-
-    def per_token(spec) -> float:  # training FLOPs per token of one stack's stream
-        memory = sum(v for k, v in lengths.items() if k != spec.name) if spec.cross else 0
-        return 3 * forward_flops_per_token(cfg.model, stream=spec.name, context=lengths[spec.name], memory=memory)
-
     facts = {
         "family": cfg.model.family,
         "mask": cfg.model.mask,
@@ -102,14 +96,14 @@ def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
         "active_params": n.active,
     }
     # per token of the stream with the loss (decoder tokens of an encoder-decoder), and of the others
-    for spec in cfg.model.stacks:
-        facts["flops_per_token" if spec.name == data.loss_stream else f"flops_per_{spec.name}_token"] = per_token(spec)
+    for stream, flops in train_flops_per_token(cfg.model, data.lengths).items():
+        facts["flops_per_token" if stream == data.loss_stream else f"flops_per_{stream}_token"] = flops
     facts.update(
         vocab_size=data.tokenizer.vocab_size,
         # every training row starts with this token (decoders: before inputs ++ targets); a
         # prompt for generation should start with it too
         start_id=data.special.pad,
-        row_lengths=lengths,
+        row_lengths=data.lengths,
         chunk_len=data.chunk_len,
         budget={"kind": cfg.budget.kind, "value": cfg.budget.value},
     )
