@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from archzoo.checkpoint import RECORD_SUFFIX, check_record, record_path, write_record
 from archzoo.train.rundir import RunDirError
 
-__all__ = ["CheckpointError", "Restored", "RunCheckpoints"]
+__all__ = ["CheckpointError", "Restored", "RunCheckpoints", "read_params"]
 
 
 class CheckpointError(RunDirError):
@@ -194,3 +194,50 @@ class RunCheckpoints:
         """Waits for the save in flight and its record, and closes the manager."""
         self._wait_for_seal()
         self._manager.close()
+
+
+def read_params(directory: Path, template, step: int | None = None) -> tuple[int, object]:
+    """Reads the trained parameters of a run's checkpoint without writing anything (a run may
+    still be training in the directory).
+
+    Step folders are tried newest first (or only ``step``); one whose files differ from its
+    checksum record is skipped with a warning, one without a record is read unverified.
+
+    Args:
+      directory: the run's ``checkpoints`` folder.
+      template: a pytree like the saved ``params`` (shapes and dtypes).
+      step: the step to read; None: the newest intact one.
+
+    Returns:
+      ``(step, params)``.
+
+    Raises:
+      CheckpointError: no finished checkpoint (or not ``step``), or none intact.
+    """
+    directory = Path(directory).absolute()
+    steps = sorted((int(p.name) for p in directory.glob("*") if p.name.isdigit() and (p / "state").is_dir()), reverse=True)
+    if step is not None:
+        if step not in steps:
+            have = ", ".join(map(str, sorted(steps))) or "none"
+            raise CheckpointError(f"{directory}: no finished checkpoint of step {step} (steps saved: {have})")
+        steps = [step]
+    if not steps:
+        raise CheckpointError(
+            f"{directory.parent}: no finished checkpoint to read (a run saves one every train.checkpoint_every "
+            "steps and at its end); train it first, or wait for its first checkpoint"
+        )
+    problems = []
+    for s in steps:
+        folder = directory / str(s)
+        if record_path(folder).exists():
+            problem = check_record(folder)
+            if problem is not None:
+                _warn(f"checkpoint step {s} in {directory} is corrupted ({problem}); skipping it")
+                problems.append(f"step {s}: {problem}")
+                continue
+        item = {"params": template}
+        args = ocp.args.PyTreeRestore(item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            restored = checkpointer.restore(folder / "state", args=args)
+        return s, restored["params"]
+    raise CheckpointError(f"{directory}: no intact checkpoint ({'; '.join(problems)})")
