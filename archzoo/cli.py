@@ -197,6 +197,81 @@ def _plot(args) -> int:
     return 0 if report.files else 1
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers (0,3), got {text!r}") from None
+
+
+def _eval(args) -> int:
+    from archzoo.analysis.evaluate import EvalOptions, evaluate_run, task_table
+    from archzoo.analysis.runs import RecordError, is_run_dir
+    from archzoo.tasks.task import load_task
+
+    opts = EvalOptions(
+        shots=_int_list(args.shots, "--shots") if args.shots else None, seed=args.seed, batch_size=args.batch_size, bootstrap=args.bootstrap
+    )
+    specs = [t.strip() for t in ",".join(args.tasks).split(",") if t.strip()]
+    if not specs:
+        raise ConfigError("--tasks names no task")
+    for spec in specs:  # every task checked before any run is loaded
+        load_task(spec, examples=args.examples, seed=args.seed)
+    run_dirs = []
+    for d in args.run_dirs:
+        path = Path(d)
+        # a sweep directory: every run directory under it
+        run_dirs += [path] if is_run_dir(path) or not path.is_dir() else sorted(p for p in path.iterdir() if is_run_dir(p))
+    if not run_dirs:
+        raise ConfigError(f"{', '.join(args.run_dirs)}: holds no run directory")
+    try:
+        for run_dir in run_dirs:
+            records = evaluate_run(run_dir, specs, opts, step=args.step, examples=args.examples)
+            print(f"{run_dir} (step {records[0]['step']}, {records[0]['family']}, scored by {records[0]['scoring']}):")
+            print(task_table(records))
+            print(f"wrote {run_dir / 'evals.jsonl'} and the examples under {run_dir / 'evals'}")
+    except RecordError as e:
+        print(f"archzoo eval: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _generate(args) -> int:
+    from archzoo.analysis.scoring import load_trained
+    from archzoo.generation import generate
+
+    run = load_trained(args.run_dir, args.step)
+    if run.family == "encoder":
+        raise ConfigError(f"{args.run_dir}: an encoder (MLM) run cannot generate text; generate from a decoder or encoder-decoder run")
+    prompts = args.prompt or [""]
+    ids = run.tokenizer.encode_batch(prompts)
+    eos = run.tokenizer.roles.get("eos")
+    if run.model.source_stream is None:
+        # every training row started with the start token: so does each prompt
+        kwargs = dict(prompts=[[run.start_id] + p for p in ids])
+    else:
+        empty = [i for i, p in enumerate(ids) if not p]
+        if empty:
+            raise ConfigError(f"--prompt {empty[0] + 1} is empty; an encoder-decoder needs an input to encode")
+        kwargs = dict(encoder_inputs=ids, decoder_start_id=run.start_id)
+    max_new = args.max_new_tokens
+    position = run.model.config.position
+    if max_new is None:  # 64, or what the learned position table leaves after the longest prompt
+        rows = kwargs.get("prompts") or [[run.start_id]]
+        max_new = min(64, position.max_len - max(len(r) for r in rows)) if position.kind == "learned" else 64
+    for sample in range(args.samples):
+        out = generate(
+            run.model, max_new_tokens=max_new, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, seed=args.seed + sample, eos_id=eos, **kwargs,
+        )
+        for i, prompt in enumerate(prompts):
+            row = [int(t) for t in out.tokens[i, : out.lengths[i]] if t != eos]
+            label = f"[{i + 1}.{sample + 1}] " if len(prompts) * args.samples > 1 else ""
+            print(f"{label}{prompt}{run.tokenizer.decode(row)}")
+    print(f"({run.run_dir}, step {run.step}, {'greedy' if args.temperature == 0 else f'temperature {args.temperature}'})", file=sys.stderr)
+    return 0
+
+
 def _bench(args) -> int:
     from archzoo.bench import DEFAULT_MODEL, bench_train, matmul_peak_flops
     from archzoo.models import load_model_config
@@ -308,6 +383,35 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--bootstrap", type=int, default=1000, help="resamples of the runs behind every interval (default 1000; 0: none)")
     pl.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     pl.set_defaults(func=_plot)
+
+    e = sub.add_parser(
+        "eval",
+        help="evaluate run directories on prompted tasks; writes evals.jsonl and the examples",
+        description="Score a run's newest intact checkpoint (or --step) on built-in synthetic tasks or task YAML files, "
+        "zero- and few-shot, with discontinuous metrics (exact match, accuracy) and continuous ones (answer "
+        "log-likelihood, Brier score, edit distances) side by side; writes RUN_DIR/evals.jsonl and RUN_DIR/evals/*.jsonl.",
+    )
+    e.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or directories holding run directories")
+    e.add_argument("--tasks", action="append", required=True, metavar="TASKS", help="comma-separated built-in task names or task YAML paths")
+    e.add_argument("--shots", help="comma-separated numbers of demonstrations (default: each task's own)")
+    e.add_argument("--examples", type=int, help="at most this many examples per task (a built-in task's default: 200)")
+    e.add_argument("--step", type=int, help="the checkpoint step to evaluate (default: the newest)")
+    e.add_argument("--seed", type=int, default=0, help="demonstrations, built-in examples and bootstrap (default 0)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--bootstrap", type=int, default=1000, help="resamples behind each standard error (default 1000)")
+    e.set_defaults(func=_eval)
+
+    g = sub.add_parser("generate", help="print text a trained run writes after prompts (greedy or sampled)")
+    g.add_argument("run_dir", help="a run directory with a finished checkpoint")
+    g.add_argument("--prompt", action="append", help="a prompt (repeatable; default: one empty prompt)")
+    g.add_argument("--max-new-tokens", type=int, help="tokens to generate (default: 64, or what a learned position table leaves)")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--samples", type=int, default=1, help="samples per prompt (seeds seed, seed+1, ...)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--step", type=int, help="the checkpoint step (default: the newest)")
+    g.set_defaults(func=_generate)
 
     b = sub.add_parser("bench", help="speed benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)

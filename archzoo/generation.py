@@ -106,6 +106,7 @@ def generate(
     decoder_start_id: int | None = None,
     prefix: bool | None = None,
     return_logits: bool = False,
+    pad_to: int | None = None,
 ) -> Generation:
     """Continues each prompt by up to ``max_new_tokens`` tokens, with a KV cache.
 
@@ -134,6 +135,9 @@ def generate(
         None: when the model's ``mask`` is ``prefix``. A causal mask ignores ``is_input``;
         decoder only.
       return_logits: also return the logits of every step.
+      pad_to: pad a decoder's prompts (on the left) or an encoder-decoder's encoder inputs (on
+        the right) to at least this many tokens, so batches of different prompts share one
+        compiled shape; None: to the longest.
 
     Returns:
       a :class:`Generation`: ``tokens [B, N]``, ``lengths [B]``, and ``logits [B, N, V]`` when
@@ -151,12 +155,12 @@ def generate(
     eos_id = None if eos_id is None else _check_id(eos_id, "eos_id", V)
     if model.source_stream is not None:
         rows, sources = _encoder_decoder_rows(cfg, prompts, encoder_inputs, decoder_start_id, pad_id, prefix, max_new_tokens)
-        source_tokens, source_facts = _right_pad(sources, pad_id)
+        source_tokens, source_facts = _right_pad(sources, pad_id, pad_to)
     else:
         rows = _decoder_rows(cfg, prompts, encoder_inputs, decoder_start_id, max_new_tokens)
         source_tokens = source_facts = None
     bidirectional = (cfg.mask == "prefix") if prefix is None else bool(prefix)
-    tokens, prompt_facts = _left_pad(rows, pad_id, is_input=bidirectional and model.source_stream is None)
+    tokens, prompt_facts = _left_pad(rows, pad_id, is_input=bidirectional and model.source_stream is None, length=None if source_tokens is not None else pad_to)
     graphdef, state = nnx.split(model)
     sampling = None
     if temperature > 0:
@@ -281,10 +285,11 @@ def _encoder_decoder_rows(cfg, prompts, encoder_inputs, decoder_start_id, pad_id
     return rows, sources
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, *, is_input: bool) -> tuple[jax.Array, TokenFacts]:
-    """Left-padded tokens ``[B, L]`` and their facts: padding segment 0, real tokens segment 1
-    with positions 0..n-1 from their first real token, ``is_input`` on real tokens if asked."""
-    L = max(len(r) for r in rows)
+def _left_pad(rows: list[list[int]], pad_id: int, *, is_input: bool, length: int | None = None) -> tuple[jax.Array, TokenFacts]:
+    """Left-padded tokens ``[B, L]`` (``L`` the longest row, or ``length`` if longer) and their
+    facts: padding segment 0, real tokens segment 1 with positions 0..n-1 from their first real
+    token, ``is_input`` on real tokens if asked."""
+    L = max(max(len(r) for r in rows), length or 0)
     tokens = np.full((len(rows), L), pad_id, np.int32)
     real = np.zeros((len(rows), L), bool)
     positions = np.zeros((len(rows), L), np.int32)
@@ -298,9 +303,9 @@ def _left_pad(rows: list[list[int]], pad_id: int, *, is_input: bool) -> tuple[ja
     return jnp.asarray(tokens), facts
 
 
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[jax.Array, TokenFacts]:
-    """Right-padded encoder tokens ``[B, S]`` and their facts (padding segment 0)."""
-    S = max(len(r) for r in rows)
+def _right_pad(rows: list[list[int]], pad_id: int, length: int | None = None) -> tuple[jax.Array, TokenFacts]:
+    """Right-padded encoder tokens ``[B, S]`` (at least ``length``) and their facts (padding segment 0)."""
+    S = max(max(len(r) for r in rows), length or 0)
     tokens = np.full((len(rows), S), pad_id, np.int32)
     real = np.zeros((len(rows), S), bool)
     for b, row in enumerate(rows):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["RECORD_FILE", "SCHEMA_VERSION", "RecordError", "RunRecord", "load_run", "load_sweep", "sweep_axes", "write_record"]
+__all__ = ["RECORD_FILE", "SCHEMA_VERSION", "RecordError", "RunRecord", "load_run", "load_sweep", "sweep_axes", "write_evals", "write_record"]
 
 SCHEMA_VERSION = 1
 RECORD_FILE = "run.json"
@@ -87,6 +87,19 @@ def write_record(run_dir: Path, facts: dict, summary: dict | None = None) -> Non
     """Writes ``run.json`` atomically."""
     record = {"schema_version": SCHEMA_VERSION, "facts": facts, "summary": summary}
     write_text_atomic(Path(run_dir) / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True))
+
+
+EVALS_FILE = "evals.jsonl"
+
+
+def write_evals(run_dir: Path, records: list[dict]) -> Path:
+    """Adds task evaluation records to the run's ``evals.jsonl``, replacing earlier records of
+    the same task, shots and step (a rerun of the same evaluation); atomically."""
+    path = Path(run_dir) / EVALS_FILE
+    replaced = {(r["task"], r["shots"], r["step"]) for r in records}
+    kept = [r for r in _jsonl(path) if (r.get("task"), r.get("shots"), r.get("step")) not in replaced]
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept + list(records)))
+    return path
 
 
 def _read_json(path: Path):
@@ -166,7 +179,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
     error_path = run_dir / ERROR_FILE
     error = _read_json(error_path) if error_path.exists() else None
     return RunRecord(
-        run_dir, config or {}, facts, summary, _jsonl(run_dir / "metrics.jsonl"), _jsonl(run_dir / "evals.jsonl"), error
+        run_dir, config or {}, facts, summary, _jsonl(run_dir / "metrics.jsonl"), _jsonl(run_dir / EVALS_FILE), error
     )
 
 

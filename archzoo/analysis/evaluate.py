@@ -1,0 +1,264 @@
+"""Task evaluation of a model: every metric of every task, at every number of shots, from the
+scores of :mod:`archzoo.analysis.scoring` and greedy generation (DESIGN.md §7).
+
+One task at ``k`` shots gives one record per metric::
+
+    {"task": "addition-2d", "shots": 3, "metric": "exact_match", "value": 0.41, "stderr": 0.03,
+     "n": 200, "kind": "discontinuous", "higher_is_better": true, "step": 1200,
+     "scoring": "log-likelihood", "family": "decoder", "source": "builtin", "seed": 0}
+
+``archzoo eval RUN_DIR`` and the ``eval`` section of a run config write these to the run's
+``evals.jsonl``, and each example's prompt, answer, greedy answer and choice scores to
+``evals/{task}-{k}shot-step{step}.jsonl`` so a user can read what the model wrote.
+
+How each metric is measured (per example; values are means with bootstrap standard errors):
+
+- likelihood metrics score ``(prompt, delimiter + answer)`` (one request per choice);
+- generation metrics decode greedily after the prompt, up to the task's separator (or eos),
+  and compare the stripped text with the answer. An encoder (MLM) cannot generate: its tasks
+  report the likelihood metrics only (pseudo-log-likelihood), and the records say so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from archzoo.analysis.scoring import SCORING, score
+from archzoo.tasks.metrics import METRICS, bootstrap_stderr, brier_score, edit_distance
+from archzoo.tasks.task import Task, TaskError, build_prompt, load_task
+
+__all__ = ["EvalOptions", "evaluate_model", "evaluate_run", "task_table"]
+
+# Generation batches are padded to this many prompts, and prompts to a multiple of this many
+# tokens, so a task compiles the decode loop once.
+_PROMPT_BUCKET = 32
+
+
+class EvalOptions:
+    """How tasks are evaluated.
+
+    Args:
+      shots: numbers of demonstrations (None: each task's own ``shots``).
+      seed: the draw of few-shot demonstrations and of bootstrap resamples.
+      batch_size: rows per scoring pass and prompts per generation pass.
+      bootstrap: resamples behind each standard error.
+    """
+
+    def __init__(self, shots: Sequence[int] | None = None, seed: int = 0, batch_size: int = 16, bootstrap: int = 1000):
+        if shots is not None and (not shots or any(int(k) != k or k < 0 for k in shots)):
+            raise TaskError(f"shots must be numbers >= 0, got {list(shots)}")
+        if batch_size < 1:
+            raise TaskError(f"batch_size must be >= 1, got {batch_size}")
+        self.shots = None if shots is None else [int(k) for k in shots]
+        self.seed, self.batch_size, self.bootstrap = seed, batch_size, bootstrap
+
+
+def _special_id(tokenizer, role: str) -> int | None:
+    return getattr(tokenizer, "roles", {}).get(role)
+
+
+def _generate_answers(model, tokenizer, prompts: list[str], task: Task, *, start_id: int, row_len: int, batch_size: int) -> list[str]:
+    """The greedy answer after each prompt: decoded text up to the separator, stripped."""
+    from archzoo.generation import generate
+
+    cfg = task.config
+    answers = [r.answer_text for r in task.examples]
+    max_new = cfg.max_new_tokens or max(len(ids) for ids in tokenizer.encode_batch([cfg.delimiter + a for a in answers])) + 2
+    decoder_only = model.source_stream is None
+    room = row_len - max_new if decoder_only else row_len  # a decoder's row holds prompt and answer
+    if room < 2:
+        raise TaskError(f"task {task.name}: answers of {max_new} tokens leave no room for a prompt in rows of {row_len}")
+    ids = tokenizer.encode_batch(prompts)
+    ids = [([start_id] + p)[-room:] if decoder_only else p[-room:] or [start_id] for p in ids]
+    pad_to = min(-(-max(len(p) for p in ids) // _PROMPT_BUCKET) * _PROMPT_BUCKET, room)
+    eos = _special_id(tokenizer, "eos")
+    out = []
+    for at in range(0, len(ids), batch_size):
+        chunk = ids[at : at + batch_size]
+        padded = chunk + [chunk[0]] * (batch_size - len(chunk))  # one shape for every batch
+        kwargs = dict(prompts=padded) if decoder_only else dict(encoder_inputs=padded, decoder_start_id=start_id)
+        gen = generate(model, max_new_tokens=max_new, eos_id=eos, pad_to=pad_to, **kwargs)
+        tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
+        for b in range(len(chunk)):
+            row = [int(t) for t in tokens[b, : lengths[b]] if eos is None or t != eos]
+            out.append(tokenizer.decode(row).split(cfg.separator)[0].strip())
+    return out
+
+
+def _task_records(model, tokenizer, task: Task, shots: int, opts: EvalOptions, *, start_id: int, row_len: int):
+    """Per-metric values of every example of ``task`` at ``shots``, and the per-example samples."""
+    cfg = task.config
+    family = model.config.family
+    prompts = [build_prompt(task, i, shots, opts.seed) for i in range(len(task.examples))]
+    requests, owners = [], []
+    for i, r in enumerate(task.examples):
+        for j, text in enumerate(r.choices if r.choices is not None else (r.answer_text,)):
+            requests.append((prompts[i], cfg.delimiter + text))
+            owners.append((i, j))
+    contexts = tokenizer.encode_batch([c for c, _ in requests])
+    continuations = tokenizer.encode_batch([t for _, t in requests])
+    mask_id = _special_id(tokenizer, "mask") if family == "encoder" else None
+    scores = score(model, list(zip(contexts, continuations)), start_id=start_id, mask_id=mask_id, batch_size=opts.batch_size, row_len=row_len)
+    per_example: list[list] = [[] for _ in task.examples]
+    for (i, _), s in zip(owners, scores):
+        per_example[i].append(s)
+    wanted = task.metrics
+    can_generate = family != "encoder"
+    generated = None
+    if can_generate and any(METRICS[m].needs_generation for m in wanted):
+        generated = _generate_answers(model, tokenizer, prompts, task, start_id=start_id, row_len=row_len, batch_size=opts.batch_size)
+    values = {m: [] for m in wanted if can_generate or not METRICS[m].needs_generation}
+    samples = []
+    for i, (r, s) in enumerate(zip(task.examples, per_example)):
+        correct = s[r.answer_index] if r.choices is not None else s[0]
+        sample = {"index": i, "prompt": prompts[i], "answer": r.answer_text, "answer_logprob_nats": correct.logprob_nats}
+        if r.choices is not None:
+            lls = [c.logprob_nats for c in s]
+            sample.update(choices=list(r.choices), choice_logprobs_nats=lls, chosen=int(np.argmax(lls)))
+        if generated is not None:
+            sample["generated"] = generated[i]
+        for m in values:
+            if m == "accuracy":
+                v = float(sample["chosen"] == r.answer_index)
+            elif m == "brier":
+                v = brier_score(sample["choice_logprobs_nats"], r.answer_index)
+            elif m == "answer_logprob_per_token":
+                v = correct.logprob_per_token
+            elif m == "exact_match":
+                v = float(generated[i] == r.answer_text.strip())
+            elif m == "token_edit_distance":
+                v = float(edit_distance(tokenizer.encode(generated[i]), tokenizer.encode(r.answer_text.strip())))
+            else:  # digit_edit_distance
+                v = float(edit_distance(generated[i], r.answer_text.strip()))
+            values[m].append(v)
+        samples.append(sample)
+    return values, samples
+
+
+def evaluate_model(model, tokenizer, tasks: Sequence[Task], opts: EvalOptions | None = None, *, start_id: int, row_len: int, step: int | None = None):
+    """Evaluates ``model`` on ``tasks``.
+
+    Args:
+      model: any archzoo model.
+      tokenizer: its tokenizer.
+      tasks: loaded tasks (:func:`~archzoo.tasks.task.load_task`).
+      opts: shots, seed, batch size, bootstrap resamples.
+      start_id: the token every training row started with.
+      row_len: tokens per row (the run's training row length).
+      step: the training step the weights are from (written into the records).
+
+    Returns:
+      ``(records, samples)``: one record per task, shots and metric (see the module docstring),
+      and per ``(task, shots)`` the examples' samples.
+
+    Raises:
+      TaskError: more shots than a task has demonstrations, or answers too long for the rows.
+    """
+    opts = opts or EvalOptions()
+    family = model.config.family
+    records, samples = [], {}
+    for task in tasks:
+        for shots in opts.shots if opts.shots is not None else task.config.shots:
+            if shots > len(task.demonstrations):
+                where = task.config.demonstrations or "it has no demonstrations file"
+                raise TaskError(f"task {task.name}: {shots}-shot prompts need {shots} demonstrations, but {where} holds {len(task.demonstrations)}")
+            values, task_samples = _task_records(model, tokenizer, task, shots, opts, start_id=start_id, row_len=row_len)
+            samples[(task.name, shots)] = task_samples
+            for metric, vals in values.items():
+                spec = METRICS[metric]
+                records.append(
+                    {
+                        "task": task.name,
+                        "shots": shots,
+                        "metric": metric,
+                        "value": float(np.mean(vals)),
+                        "stderr": bootstrap_stderr(vals, opts.bootstrap, opts.seed),
+                        "n": len(vals),
+                        "kind": spec.kind,
+                        "higher_is_better": spec.higher_is_better,
+                        "step": step,
+                        "scoring": SCORING[family],
+                        "family": family,
+                        "source": task.source,
+                        "seed": opts.seed,
+                    }
+                )
+    return records, samples
+
+
+def write_samples(run_dir: Path, samples: dict, step: int | None) -> list[Path]:
+    """Writes each ``(task, shots)``'s samples to ``evals/{task}-{k}shot-step{step}.jsonl``."""
+    folder = Path(run_dir) / "evals"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for (task, shots), rows in samples.items():
+        path = folder / f"{task}-{shots}shot-step{step}.jsonl"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    task_specs: Sequence[str],
+    opts: EvalOptions | None = None,
+    *,
+    step: int | None = None,
+    examples: int | None = None,
+) -> list[dict]:
+    """Evaluates a run directory's checkpoint (the newest intact one, or ``step``) on tasks, and
+    writes ``evals.jsonl`` (replacing earlier records of the same task, shots and step) and the
+    samples.
+
+    Args:
+      run_dir: a run directory with a finished checkpoint.
+      task_specs: built-in task names or task YAML paths.
+      opts: shots, seed, batch size, bootstrap resamples.
+      step: the checkpoint to evaluate (None: the newest).
+      examples: at most this many examples per task.
+
+    Returns:
+      the records written.
+
+    Raises:
+      TaskError: an unknown task or a bad task file, before the model is loaded.
+      RecordError, CheckpointError: not a run directory, or no finished checkpoint.
+    """
+    from archzoo.analysis.runs import write_evals
+    from archzoo.analysis.scoring import load_trained
+
+    opts = opts or EvalOptions()
+    tasks = [load_task(spec, examples=examples, seed=opts.seed) for spec in task_specs]
+    run = load_trained(run_dir, step)
+    records, samples = evaluate_model(
+        run.model, run.tokenizer, tasks, opts, start_id=run.start_id, row_len=max(run.lengths.values()), step=run.step
+    )
+    write_evals(run.run_dir, records)
+    write_samples(run.run_dir, samples, run.step)
+    return records
+
+
+def task_table(records: Sequence[dict]) -> str:
+    """A plain-text table of eval records: one row per task and shots, one column per metric."""
+    metrics = [m for m in METRICS if any(r["metric"] == m for r in records)]
+    rows = {}
+    for r in records:
+        rows.setdefault((r["task"], r["shots"], r["step"]), {})[r["metric"]] = r
+    header = ["task", "shots", "step", *metrics]
+    table = [header]
+    for (task, shots, step), by_metric in rows.items():
+        cells = [task, str(shots), str(step)]
+        for m in metrics:
+            r = by_metric.get(m)
+            cells.append("" if r is None else f"{r['value']:.3f} ± {r['stderr']:.3f}")
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in table]
+    arrows = "  ".join(f"{m}: {'higher' if METRICS[m].higher_is_better else 'lower'} is better" for m in metrics)
+    return "\n".join(lines) + f"\n({arrows}; ± is the bootstrap standard error)"

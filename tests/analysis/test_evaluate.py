@@ -1,0 +1,149 @@
+"""Task evaluation of trained runs: metrics against a brute-force recomputation from plain
+forward passes and one-by-one greedy decoding, evals.jsonl records, the eval and generate
+commands and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from archzoo.analysis.evaluate import EvalOptions, evaluate_model, evaluate_run
+from archzoo.analysis.runs import load_run
+from archzoo.analysis.scoring import load_trained
+from archzoo.cli import main
+from archzoo.generation import generate
+from archzoo.masks import facts
+from archzoo.tasks.task import load_task
+from archzoo.train.config import load_run_configs
+from archzoo.train.loop import train
+from tests.train.test_runs import config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    out = {}
+    for family in ("decoder", "encoder_decoder"):
+        cfg = load_run_configs(config(tmp, name=family, family=family))[0]
+        train(cfg)
+        out[family] = cfg.run_dir
+    return out
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+ROW = 32
+
+
+def _brute_logprob(run, context: str, continuation: str) -> float:
+    """log p(continuation | context) from one plain forward pass of the sequence, the context cut
+    from the left to fit a row of ROW tokens."""
+    ctx, cont = run.tokenizer.encode(context), run.tokenizer.encode(continuation)
+    model = run.model
+    if run.family == "decoder":
+        ctx = ctx[max(len(ctx) + len(cont) - ROW, 0) :]
+        row = [run.start_id] + ctx + cont[:-1]
+        is_input = np.zeros((1, len(row)), bool)
+        is_input[0, : len(ctx) + 1] = model.config.mask == "prefix"
+        logp = _log_softmax(model(np.asarray([row]), facts(np.ones((1, len(row)), np.int32), is_input=is_input))[0])[len(ctx) :]
+    else:
+        ctx = ctx[-ROW:]
+        logp = _log_softmax(model(np.asarray([ctx]), np.asarray([[run.start_id] + cont[:-1]]))[0])
+    return float(logp[np.arange(len(cont)), cont].sum())
+
+
+def _brute_greedy(run, prompt: str, max_new: int, separator: str) -> str:
+    ids = run.tokenizer.encode(prompt)
+    eos = run.tokenizer.roles["eos"]
+    if run.family == "decoder":  # the row holds the prompt and the answer
+        out = generate(run.model, [([run.start_id] + ids)[-(ROW - max_new) :]], max_new_tokens=max_new, eos_id=eos)
+    else:
+        out = generate(run.model, encoder_inputs=[ids[-ROW:]], decoder_start_id=run.start_id, max_new_tokens=max_new, eos_id=eos)
+    row = [int(t) for t in np.asarray(out.tokens)[0, : int(out.lengths[0])] if t != eos]
+    return run.tokenizer.decode(row).split(separator)[0].strip()
+
+
+@pytest.mark.parametrize("family", ["decoder", "encoder_decoder"])
+def test_metrics_equal_a_brute_force_recomputation(runs, family):
+    run = load_trained(runs[family])
+    task = load_task("kv-recall", examples=6)
+    records, samples = evaluate_model(
+        run.model, run.tokenizer, [task], EvalOptions(shots=[0, 2], batch_size=4), start_id=run.start_id, row_len=ROW, step=run.step
+    )
+    by = {(r["shots"], r["metric"]): r for r in records}
+    assert {m for _, m in by} == set(task.metrics) and {k for k, _ in by} == {0, 2}
+    from archzoo.tasks.task import build_prompt
+
+    max_new = max(len(run.tokenizer.encode(" " + r.answer_text)) for r in task.examples) + 2
+    for shots in (0, 2):
+        acc, logp, exact = [], [], []
+        for i, r in enumerate(task.examples):
+            prompt = build_prompt(task, i, shots)
+            lls = [_brute_logprob(run, prompt, " " + c) for c in r.choices]
+            np.testing.assert_allclose(samples[(task.name, shots)][i]["choice_logprobs_nats"], lls, rtol=1e-4, atol=1e-4)
+            acc.append(float(np.argmax(lls) == r.answer_index))
+            logp.append(lls[r.answer_index] / len(run.tokenizer.encode(" " + r.answer_text)))
+            exact.append(float(_brute_greedy(run, prompt, max_new, "\n") == r.answer_text))
+        assert by[(shots, "accuracy")]["value"] == pytest.approx(np.mean(acc))
+        assert by[(shots, "answer_logprob_per_token")]["value"] == pytest.approx(np.mean(logp), abs=1e-4)
+        assert by[(shots, "exact_match")]["value"] == pytest.approx(np.mean(exact))
+        assert by[(shots, "exact_match")]["kind"] == "discontinuous" and by[(shots, "brier")]["kind"] == "continuous"
+    assert all(r["step"] == 6 and r["scoring"] == "log-likelihood" and r["n"] == 6 for r in records)
+
+
+def test_eval_writes_evals_jsonl_and_a_rerun_replaces_its_records(runs, capsys):
+    run_dir = runs["decoder"]
+    assert main(["eval", str(run_dir), "--tasks", "copy,addition-1d", "--examples", "5", "--shots", "0,1", "--bootstrap", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "exact_match" in printed and "addition-1d" in printed and "± is the bootstrap standard error" in printed
+    first = load_run(run_dir).evals
+    assert {(r["task"], r["shots"]) for r in first} == {("copy", 0), ("copy", 1), ("addition-1d", 0), ("addition-1d", 1)}
+    assert main(["eval", str(run_dir), "--tasks", "copy", "--examples", "5", "--shots", "0", "--bootstrap", "50"]) == 0
+    again = load_run(run_dir).evals
+    assert len(again) == len(first)  # the same task, shots and step: replaced, not appended
+    samples = [json.loads(line) for line in (run_dir / "evals" / "copy-1shot-step6.jsonl").read_text().splitlines()]
+    assert len(samples) == 5 and {"prompt", "answer", "generated", "choice_logprobs_nats"} <= set(samples[0])
+
+
+def test_eval_and_generate_errors(runs, tmp_path, capsys):
+    assert main(["eval", str(runs["decoder"]), "--tasks", "copyy"]) == 2
+    assert "unknown task 'copyy'; did you mean 'copy'?" in capsys.readouterr().err
+    assert main(["eval", str(runs["decoder"]), "--tasks", "copy", "--shots", "0,100", "--examples", "2"]) == 2
+    assert "100-shot prompts need 100 demonstrations" in capsys.readouterr().err
+    empty = tmp_path / "started"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((runs["decoder"] / "config.yaml").read_text())
+    (empty / "run.json").write_text((runs["decoder"] / "run.json").read_text())
+    assert main(["eval", str(empty), "--tasks", "copy"]) == 2
+    assert "no finished checkpoint to read" in capsys.readouterr().err
+    assert main(["generate", str(empty)]) == 2
+    assert "no finished checkpoint" in capsys.readouterr().err
+    assert main(["generate", str(runs["decoder"]), "--step", "5"]) == 2
+    assert "no finished checkpoint of step 5 (steps saved: 4, 6)" in capsys.readouterr().err
+
+
+def test_generate_prints_the_greedy_continuation(runs, capsys):
+    run = load_trained(runs["decoder"])
+    assert main(["generate", str(runs["decoder"]), "--prompt", "the quick", "--max-new-tokens", "6"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    ids = run.tokenizer.encode("the quick")
+    out = generate(run.model, [[run.start_id] + ids], max_new_tokens=6, eos_id=run.tokenizer.roles["eos"])
+    expected = run.tokenizer.decode([int(t) for t in np.asarray(out.tokens)[0, : int(out.lengths[0])] if t != run.tokenizer.roles["eos"]])
+    assert printed == "the quick" + expected
+    assert main(["generate", str(runs["decoder"]), "--prompt", "the", "--temperature", "0.9", "--top-p", "0.9", "--samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    # two samples, seeded apart (a sample may itself hold line breaks)
+    assert printed.startswith("[1.1] the") and printed.count("\n[1.2] the") == 1
+    first, second = printed.split("\n[1.2] ")
+    assert first[len("[1.1] ") :] != second.rstrip("\n")
+
+
+def test_evaluate_run_reads_a_chosen_checkpoint(runs):
+    records = evaluate_run(runs["encoder_decoder"], ["modular-7"], EvalOptions(shots=[0], bootstrap=10), step=4, examples=4)
+    assert {r["step"] for r in records} == {4} and {r["family"] for r in records} == {"encoder_decoder"}
