@@ -233,7 +233,7 @@ def from_dict(cls: type, data: dict, *, prefix: str = ""):
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(
-                f"{_where(data, key)}unknown key {prefix}{key!r} in {cls.__name__}{_suggest(str(key), fields, hints, prefix)}"
+                f"{_where(data, key)}unknown key '{prefix}{key}' in {cls.__name__}{_suggest(str(key), fields, hints, prefix)}"
             )
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", data, key)
     try:
@@ -256,7 +256,7 @@ def _suggest(key: str, fields: dict, hints: dict, prefix: str) -> str:
         return f"; did you mean {prefix}{exact[0]}?"
     close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
     if close:
-        return f"; did you mean {prefix}{close[0]!r}?"
+        return f"; did you mean '{prefix}{close[0]}'?"
     deep = difflib.get_close_matches(key, list(nested.values()), n=1, cutoff=0.8)
     dotted = [path for path, sub in nested.items() if deep and sub == deep[0]]
     return f"; did you mean {prefix}{dotted[0]}?" if dotted else f"; valid keys: {', '.join(fields)}"

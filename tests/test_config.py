@@ -88,7 +88,7 @@ def test_a_key_one_level_down_is_suggested_before_a_close_match(tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"{path}, line 2: unknown key 'num_heads'") and msg.endswith("did you mean attention.num_heads?")
     path = write(tmp_path, "model:\n  num_heads: 4\n")
-    with pytest.raises(ConfigError, match=r"line 2: unknown key model\.'num_heads'.*did you mean model\.attention\.num_heads\?$"):
+    with pytest.raises(ConfigError, match=r"line 2: unknown key 'model\.num_heads'.*did you mean model\.attention\.num_heads\?$"):
         load_run_configs(path)
     # a slip at this level still gets its close match
     with pytest.raises(ConfigError, match=r"did you mean 'num_layers'\?$"):

@@ -28,7 +28,7 @@ def test_unknown_nested_key_names_its_dotted_path_and_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         archzoo.load_model_config(path)
     msg = str(e.value)
-    assert f"{path}, line 4" in msg and "attention.'num_kv_head'" in msg and "num_kv_heads" in msg
+    assert f"{path}, line 4" in msg and "'attention.num_kv_head'" in msg and "num_kv_heads" in msg
 
 
 def test_wrong_type_names_the_key(tmp_path):
