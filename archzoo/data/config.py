@@ -13,7 +13,10 @@ from typing import Literal
 from archzoo.config import invalid
 from archzoo.data.special import SpecialTokens
 
-__all__ = ["DataConfig", "TokenizerConfig", "Format", "TextDocuments"]
+__all__ = ["DataConfig", "MixtureSource", "TokenizerConfig", "Format", "TextDocuments", "TASK_PREFIX"]
+
+# A mixture source ``task:NAME`` is a built-in synthetic task's training documents.
+TASK_PREFIX = "task:"
 
 Format = Literal["auto", "text", "jsonl", "parquet", "hf_disk"]
 TextDocuments = Literal["file", "blank_lines"]
@@ -66,6 +69,56 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class MixtureSource:
+    """One source of a data mixture.
+
+    Attributes:
+      source: ``embedded``, a path, glob or dataset folder (as ``DataConfig.source``), or
+        ``task:NAME``, a built-in synthetic task (``task:addition-3d``): its training
+        documents, which never hold one of its evaluation or demonstration problems.
+      weight: the source's share of the training text, in UTF-8 bytes (weights are
+        normalised over the mixture).
+      format, field, text_documents: how a file source is read (as in ``DataConfig``).
+      examples_per_document: a task source's examples per document, one per line.
+    """
+
+    source: str = "embedded"
+    weight: float = 1.0
+    format: Format = "auto"
+    field: str = "text"
+    text_documents: TextDocuments = "file"
+    examples_per_document: int = 8
+
+    def __post_init__(self):
+        if not self.source.strip():
+            raise invalid("source", "must be 'embedded', a path, glob or dataset folder, or task:NAME")
+        if not (self.weight > 0):
+            raise invalid("weight", f"must be > 0, got {self.weight}")
+        _check_choice("format", self.format, Format)
+        _check_choice("text_documents", self.text_documents, TextDocuments)
+        if self.examples_per_document < 1:
+            raise invalid("examples_per_document", f"must be >= 1, got {self.examples_per_document}")
+        if self.is_task:
+            import difflib
+
+            from archzoo.tasks.synthetic import SYNTHETIC_TASKS
+
+            name = self.task_name
+            if name not in SYNTHETIC_TASKS:
+                close = difflib.get_close_matches(name, list(SYNTHETIC_TASKS), n=1)
+                hint = f"; did you mean {TASK_PREFIX}{close[0]}?" if close else ""
+                raise invalid("source", f"{self.source!r} names no built-in task{hint} (tasks: {', '.join(SYNTHETIC_TASKS)})")
+
+    @property
+    def is_task(self) -> bool:
+        return self.source.startswith(TASK_PREFIX)
+
+    @property
+    def task_name(self) -> str:
+        return self.source[len(TASK_PREFIX) :]
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the documents come from and how they are split.
 
@@ -85,6 +138,11 @@ class DataConfig:
       seed: fixes the validation split and the order of the training documents.
       shuffle: shuffle the training documents (the validation split is seeded either way).
       tokenizer: the tokenizer section.
+      mixture: several sources blended by weight (None: ``source`` alone). Each text source
+        holds out its own validation documents and is cut down, never repeated, so that the
+        shares of training bytes follow the weights; a task source writes as many documents as
+        its weight asks and adds none to validation (its held-out problems are the evaluation
+        tasks). ``source``, ``format``, ``field`` and ``text_documents`` are then unused.
     """
 
     source: str = "embedded"
@@ -96,8 +154,16 @@ class DataConfig:
     seed: int = 0
     shuffle: bool = True
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    mixture: tuple[MixtureSource, ...] | None = None
 
     def __post_init__(self):
+        if self.mixture is not None:
+            if not self.mixture:
+                raise invalid("mixture", "must list at least one source, or be null")
+            if all(m.is_task for m in self.mixture):
+                raise invalid("mixture", "needs at least one text source besides tasks (its share sets how much text there is)")
+            if self.source != "embedded" or self.format != "auto":
+                raise invalid("mixture", f"lists every source: move data.source={self.source!r} into it (with its weight)")
         if not self.source.strip():
             raise invalid("source", "must be 'embedded' or a path, glob or dataset folder")
         _check_choice("format", self.format, Format)

@@ -243,6 +243,8 @@ def load_splits(cfg: DataConfig) -> Splits:
     Raises:
       DataError: as :func:`load_documents`, or when the split leaves no training document.
     """
+    if cfg.mixture is not None:
+        return _mixture_splits(cfg)
     return split_validation(
         load_documents(cfg),
         seed=cfg.seed,
@@ -251,3 +253,44 @@ def load_splits(cfg: DataConfig) -> Splits:
         shuffle=cfg.shuffle,
         source=cfg.source,
     )
+
+
+def _bytes(documents) -> int:
+    return sum(len(d.encode("utf-8")) for d in documents)
+
+
+def _mixture_splits(cfg: DataConfig) -> Splits:
+    """The splits of a data mixture (``DataConfig.mixture``): per-source validation, training
+    bytes shared by weight."""
+    from archzoo.tasks.synthetic import training_documents
+
+    total_weight = sum(m.weight for m in cfg.mixture)
+    texts = {}
+    for i, m in enumerate(cfg.mixture):
+        if m.is_task:
+            continue
+        documents = embedded_documents() if m.source == "embedded" else read_documents(m.source, m.format, m.field, m.text_documents)
+        # each text source has its own held-out documents, seeded apart
+        texts[i] = split_validation(
+            documents, seed=cfg.seed + i, fraction=cfg.validation_fraction, count=cfg.validation_count, shuffle=cfg.shuffle, source=m.source
+        )
+    # The most text the weights allow without repeating a document of any text source.
+    scale = min(_bytes(sp.train) / (cfg.mixture[i].weight / total_weight) for i, sp in texts.items())
+    train, validation = [], []
+    for i, m in enumerate(cfg.mixture):
+        goal = scale * m.weight / total_weight
+        if m.is_task:
+            probe = training_documents(m.task_name, 16, seed=cfg.seed + i, examples_per_document=m.examples_per_document)
+            n = max(1, round(goal / (_bytes(probe) / len(probe))))
+            train += training_documents(m.task_name, n, seed=cfg.seed + i, examples_per_document=m.examples_per_document)
+            continue
+        taken, used = [], 0
+        for d in texts[i].train:  # already in seeded order: a prefix is a seeded sample
+            if used >= goal * (1 - 1e-9):
+                break
+            taken.append(d)
+            used += len(d.encode("utf-8"))
+        train += taken
+        validation += texts[i].validation
+    order = permutation(len(train), cfg.seed) if cfg.shuffle else range(len(train))
+    return Splits(train=tuple(train[j] for j in order), validation=tuple(validation))
