@@ -31,7 +31,7 @@ from archzoo.analysis.scoring import SCORING, score
 from archzoo.tasks.metrics import METRICS, bootstrap_stderr, brier_score, edit_distance
 from archzoo.tasks.task import Task, TaskError, build_prompt, load_task
 
-__all__ = ["EvalOptions", "evaluate_model", "evaluate_run", "task_table"]
+__all__ = ["EvalOptions", "check_shots", "evaluate_model", "evaluate_run", "task_table", "write_samples"]
 
 # Generation batches are padded to this many prompts, and prompts to a multiple of this many
 # tokens, so a task compiles the decode loop once.
@@ -139,6 +139,19 @@ def _task_records(model, tokenizer, task: Task, shots: int, opts: EvalOptions, *
     return values, samples
 
 
+def check_shots(tasks: Sequence[Task], opts: EvalOptions) -> None:
+    """Refuses a number of shots above a task's demonstrations (before anything is scored).
+
+    Raises:
+      TaskError: naming the task, the shots and its demonstrations file.
+    """
+    for task in tasks:
+        for shots in opts.shots if opts.shots is not None else task.config.shots:
+            if shots > len(task.demonstrations):
+                where = task.config.demonstrations or "it has no demonstrations file and"
+                raise TaskError(f"task {task.name}: {shots}-shot prompts need {shots} demonstrations, but {where} holds {len(task.demonstrations)}")
+
+
 def evaluate_model(model, tokenizer, tasks: Sequence[Task], opts: EvalOptions | None = None, *, start_id: int, row_len: int, step: int | None = None):
     """Evaluates ``model`` on ``tasks``.
 
@@ -160,12 +173,10 @@ def evaluate_model(model, tokenizer, tasks: Sequence[Task], opts: EvalOptions | 
     """
     opts = opts or EvalOptions()
     family = model.config.family
+    check_shots(tasks, opts)
     records, samples = [], {}
     for task in tasks:
         for shots in opts.shots if opts.shots is not None else task.config.shots:
-            if shots > len(task.demonstrations):
-                where = task.config.demonstrations or "it has no demonstrations file"
-                raise TaskError(f"task {task.name}: {shots}-shot prompts need {shots} demonstrations, but {where} holds {len(task.demonstrations)}")
             values, task_samples = _task_records(model, tokenizer, task, shots, opts, start_id=start_id, row_len=row_len)
             samples[(task.name, shots)] = task_samples
             for metric, vals in values.items():
@@ -235,6 +246,7 @@ def evaluate_run(
 
     opts = opts or EvalOptions()
     tasks = [load_task(spec, examples=examples, seed=opts.seed) for spec in task_specs]
+    check_shots(tasks, opts)
     run = load_trained(run_dir, step)
     records, samples = evaluate_model(
         run.model, run.tokenizer, tasks, opts, start_id=run.start_id, row_len=max(run.lengths.values()), step=run.step

@@ -29,6 +29,7 @@ from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig, check_seed
 from archzoo.models.ladder import LadderConfig, size_model
 from archzoo.objectives import ObjectiveConfig
+from archzoo.tasks.config import EvalConfig
 from archzoo.train.optimizer import OptimizerConfig
 
 __all__ = ["BudgetConfig", "Experiment", "RunConfig", "TrainConfig", "load_experiment", "load_run_configs"]
@@ -144,6 +145,9 @@ class RunConfig:
       size: the size ladder's rule (:mod:`archzoo.models.ladder`): when given, it sets the
         model's width, depth, heads and MLP width for a target non-embedding parameter count,
         the same rule for every family (the ``model`` section gives the rest).
+      eval: task evaluation at checkpoints and at the end (None: none); see
+        :class:`~archzoo.tasks.config.EvalConfig`. It changes no training number, so a run
+        resumes across a changed ``eval`` section.
     """
 
     name: str = "run"
@@ -155,6 +159,7 @@ class RunConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig | None = None
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in (".", ".."):

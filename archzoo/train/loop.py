@@ -17,8 +17,9 @@ import traceback
 
 import jax
 import numpy as np
+from flax import nnx
 
-from archzoo.analysis.runs import write_record
+from archzoo.analysis.runs import write_evals, write_record
 from archzoo.config import ConfigError
 from archzoo.features.run_data import RunData, build_run_data
 from archzoo.models import build, count_params
@@ -110,6 +111,20 @@ def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
     return facts
 
 
+def _task_evaluation(cfg: RunConfig):
+    """The run's tasks and evaluation options (``eval`` section), or None."""
+    if cfg.eval is None:
+        return None
+    from archzoo.analysis.evaluate import EvalOptions, check_shots
+    from archzoo.tasks.task import load_task
+
+    e = cfg.eval
+    opts = EvalOptions(shots=e.shots, seed=e.seed, batch_size=e.batch_size, bootstrap=e.bootstrap)
+    tasks = [load_task(spec, examples=e.examples, seed=e.seed) for spec in e.tasks]
+    check_shots(tasks, opts)
+    return tasks, opts
+
+
 def _progress_bar(cfg: RunConfig, counters: dict, progress: bool | None):
     if not (progress if progress is not None else cfg.train.progress):
         return None
@@ -188,6 +203,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     data = build_run_data(
         cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps
     )
+    evaluation = _task_evaluation(cfg)  # its tasks read (and checked) before the directory is taken
     resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite)
     clear_failure(run_dir)
     data.tokenizer.save(run_dir / data.tokenizer.file_name)
@@ -241,6 +257,18 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
             "val_bits_per_byte": loss_sum / math.log(2) / max(data.validation_bytes, 1),
         }
 
+    def evaluate_tasks(step: int) -> None:
+        if evaluation is None:
+            return
+        from archzoo.analysis.evaluate import evaluate_model, write_samples
+
+        tasks, opts = evaluation
+        model = nnx.merge(graphdef, params, rest)
+        row_len = max(data.lengths.values())
+        records, samples = evaluate_model(model, data.tokenizer, tasks, opts, start_id=data.special.pad, row_len=row_len, step=step)
+        write_evals(run_dir, records)
+        write_samples(run_dir, samples, step)
+
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
     bar = _progress_bar(cfg, counters, progress)
@@ -282,6 +310,8 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
                 writer.write(record)
             if step % cfg.train.checkpoint_every == 0 or done or stopped_by:
                 save(step)
+            if evaluation is not None and (step % (cfg.eval.every or cfg.train.checkpoint_every) == 0 or done):
+                evaluate_tasks(step)
             if bar is not None:
                 bar.update(_budget_spent(budget.kind, counters) - bar.n)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / seconds:,.0f}", refresh=False)

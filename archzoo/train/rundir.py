@@ -106,6 +106,11 @@ def _dump(config: dict) -> str:
 _NOT_RESULTS = {"train.progress", "train.keep_checkpoints", "train.checkpoint_every"}
 
 
+def _evaluation_only(key: str) -> bool:
+    """A key of the ``eval`` section: it changes what is measured, not what is trained."""
+    return key == "eval" or key.startswith("eval.")
+
+
 def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
     """Creates the run directory or checks it belongs to this config.
 
@@ -125,7 +130,7 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
     try:
         if path.exists():
             old = _read_config(path, overwrite)
-            changed = sorted(_diff(old, config) - _NOT_RESULTS)
+            changed = sorted(k for k in _diff(old, config) - _NOT_RESULTS if not _evaluation_only(k))
             if not changed and not overwrite:
                 path.write_text(_dump(config))
                 return True
@@ -152,7 +157,7 @@ def _same_run(run_dir: Path, config: dict) -> bool:
         old = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False
-    return isinstance(old, dict) and not (_diff(old, config) - _NOT_RESULTS)
+    return isinstance(old, dict) and not any(not _evaluation_only(k) for k in _diff(old, config) - _NOT_RESULTS)
 
 
 def completed_summary(run_dir: Path, config: dict) -> dict | None:
