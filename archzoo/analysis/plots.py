@@ -454,7 +454,9 @@ class PlotReport:
 def plot_sweep(
     records: list[RunRecord], out_dir: str | Path, *, bootstrap: int = 1000, seed: int = 0
 ) -> PlotReport:
-    """Fits a sweep's runs and writes each of its figures as ``out_dir/<name>.png`` and ``.svg``.
+    """Fits a sweep's runs and writes each of its figures as ``out_dir/<name>.png`` and ``.svg``:
+    the scaling figures, and the emergence figures of every task the runs were evaluated on
+    (:mod:`archzoo.analysis.emergence`).
 
     Args:
       records: the runs (``load_sweep``); unfinished, failed and interrupted runs are skipped
@@ -467,8 +469,11 @@ def plot_sweep(
       the report. With no finished run nothing is written (``files`` is empty) and the notes say
       why; nothing is raised.
     """
+    from archzoo.analysis.emergence import emergence_figures
+
     analysis = analyse_sweep(records, bootstrap=bootstrap, seed=seed)
-    figures = sweep_figures(analysis)
+    # task metrics against scale and steps, where the runs were evaluated (evals.jsonl)
+    figures = {**sweep_figures(analysis), **emergence_figures(records)}
     files = []
     if figures:
         out_dir = Path(out_dir)
