@@ -272,6 +272,15 @@ def _generate(args) -> int:
     return 0
 
 
+def _lm_eval(lm_eval_args: list[str]) -> int:
+    try:
+        from archzoo.harness import main as harness_main
+    except ImportError as e:
+        print(f"archzoo lm-eval: error: {e}", file=sys.stderr)
+        return 2
+    return harness_main(lm_eval_args)
+
+
 def _bench(args) -> int:
     from archzoo.bench import DEFAULT_MODEL, bench_train, matmul_peak_flops
     from archzoo.models import load_model_config
@@ -413,6 +422,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--step", type=int, help="the checkpoint step (default: the newest)")
     g.set_defaults(func=_generate)
 
+    h = sub.add_parser(
+        "lm-eval",
+        help="run lm-evaluation-harness with run directories as its 'archzoo' model",
+        description="lm-evaluation-harness's own command line, with archzoo registered as a model: "
+        "archzoo lm-eval --model archzoo --model_args run_dir=RUN --tasks TASKS [--include_path DIR] "
+        "[--num_fewshot K] [--output_path OUT]. Every lm_eval argument is passed through.",
+        add_help=False,
+    )
+    h.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm_eval's arguments")
+    h.set_defaults(func=lambda a: _lm_eval(a.lm_eval_args))
+
     b = sub.add_parser("bench", help="speed benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     bt = bsub.add_parser("train", help="training-step speed and MFU (default: GPT-2-style 4x256, context 256)")
@@ -443,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--checkpoint", help="write the archzoo weights (orbax) here")
     c.set_defaults(func=_convert)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every argument after it is lm_eval's, --help included
+        return _lm_eval(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)

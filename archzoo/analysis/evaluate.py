@@ -31,7 +31,7 @@ from archzoo.analysis.scoring import SCORING, score
 from archzoo.tasks.metrics import METRICS, bootstrap_stderr, brier_score, edit_distance
 from archzoo.tasks.task import Task, TaskError, build_prompt, load_task
 
-__all__ = ["EvalOptions", "check_shots", "evaluate_model", "evaluate_run", "task_table", "write_samples"]
+__all__ = ["EvalOptions", "check_shots", "evaluate_model", "evaluate_run", "generate_texts", "task_table", "write_samples"]
 
 # Generation batches are padded to this many prompts, and prompts to a multiple of this many
 # tokens, so a task compiles the decode loop once.
@@ -61,32 +61,64 @@ def _special_id(tokenizer, role: str) -> int | None:
     return getattr(tokenizer, "roles", {}).get(role)
 
 
-def _generate_answers(model, tokenizer, prompts: list[str], task: Task, *, start_id: int, row_len: int, batch_size: int) -> list[str]:
-    """The greedy answer after each prompt: decoded text up to the separator, stripped."""
+def generate_texts(
+    model, tokenizer, prompts: Sequence[str], *, start_id: int, room: int, max_new: int, batch_size: int,
+    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+) -> list[str]:
+    """The text a model writes after each prompt, up to eos or ``max_new`` tokens (eos removed).
+
+    A decoder's prompt is the start token and the prompt's tokens, cut from the left to ``room``
+    tokens; an encoder-decoder encodes the prompt (its last ``room`` tokens) and decodes from the
+    start token. Batches are padded to ``batch_size`` prompts and prompts to a multiple of 32
+    tokens, so a call compiles the decode loop once.
+
+    Args:
+      model: a decoder or an encoder-decoder.
+      tokenizer: its tokenizer.
+      prompts: the texts to continue.
+      start_id: the token every training row started with.
+      room: prompt tokens kept.
+      max_new: tokens generated at most.
+      batch_size: prompts per generation pass.
+      temperature, top_k, top_p: sampling (temperature 0: greedy); see :func:`~archzoo.generation.generate`.
+      seed: the first batch's sampling seed; batch ``i`` uses ``seed + i * batch_size``.
+
+    Returns:
+      one decoded text per prompt.
+    """
     from archzoo.generation import generate
 
+    decoder_only = model.source_stream is None
+    ids = tokenizer.encode_batch(list(prompts))
+    rows = [([start_id] + p)[-room:] if decoder_only else (p[-room:] or [start_id]) for p in ids]
+    pad_to = min(-(-max(len(p) for p in rows) // _PROMPT_BUCKET) * _PROMPT_BUCKET, room)
+    eos = _special_id(tokenizer, "eos")
+    batch = min(batch_size, len(rows))
+    texts = []
+    for at in range(0, len(rows), batch):
+        chunk = rows[at : at + batch]
+        padded = chunk + [chunk[0]] * (batch - len(chunk))  # one shape for every batch
+        kwargs = dict(prompts=padded) if decoder_only else dict(encoder_inputs=padded, decoder_start_id=start_id)
+        gen = generate(
+            model, max_new_tokens=max_new, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed + at,
+            eos_id=eos, pad_to=pad_to, **kwargs,
+        )
+        tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
+        for b in range(len(chunk)):
+            texts.append(tokenizer.decode([int(t) for t in tokens[b, : lengths[b]] if eos is None or t != eos]))
+    return texts
+
+
+def _generate_answers(model, tokenizer, prompts: list[str], task: Task, *, start_id: int, row_len: int, batch_size: int) -> list[str]:
+    """The greedy answer after each prompt: decoded text up to the separator, stripped."""
     cfg = task.config
     answers = [r.answer_text for r in task.examples]
     max_new = cfg.max_new_tokens or max(len(ids) for ids in tokenizer.encode_batch([cfg.delimiter + a for a in answers])) + 2
-    decoder_only = model.source_stream is None
-    room = row_len - max_new if decoder_only else row_len  # a decoder's row holds prompt and answer
+    room = row_len - max_new if model.source_stream is None else row_len  # a decoder's row holds prompt and answer
     if room < 2:
         raise TaskError(f"task {task.name}: answers of {max_new} tokens leave no room for a prompt in rows of {row_len}")
-    ids = tokenizer.encode_batch(prompts)
-    ids = [([start_id] + p)[-room:] if decoder_only else p[-room:] or [start_id] for p in ids]
-    pad_to = min(-(-max(len(p) for p in ids) // _PROMPT_BUCKET) * _PROMPT_BUCKET, room)
-    eos = _special_id(tokenizer, "eos")
-    out = []
-    for at in range(0, len(ids), batch_size):
-        chunk = ids[at : at + batch_size]
-        padded = chunk + [chunk[0]] * (batch_size - len(chunk))  # one shape for every batch
-        kwargs = dict(prompts=padded) if decoder_only else dict(encoder_inputs=padded, decoder_start_id=start_id)
-        gen = generate(model, max_new_tokens=max_new, eos_id=eos, pad_to=pad_to, **kwargs)
-        tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
-        for b in range(len(chunk)):
-            row = [int(t) for t in tokens[b, : lengths[b]] if eos is None or t != eos]
-            out.append(tokenizer.decode(row).split(cfg.separator)[0].strip())
-    return out
+    texts = generate_texts(model, tokenizer, prompts, start_id=start_id, room=room, max_new=max_new, batch_size=batch_size)
+    return [t.split(cfg.separator)[0].strip() for t in texts]
 
 
 def _task_records(model, tokenizer, task: Task, shots: int, opts: EvalOptions, *, start_id: int, row_len: int):

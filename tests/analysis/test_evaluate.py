@@ -5,6 +5,7 @@ commands and their errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,20 +17,15 @@ from archzoo.cli import main
 from archzoo.generation import generate
 from archzoo.masks import facts
 from archzoo.tasks.task import load_task
-from archzoo.train.config import load_run_configs
-from archzoo.train.loop import train
-from tests.train.test_runs import config
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(trained_run_dirs, tmp_path_factory):
+    """Copies of the shared trained runs (these tests write evals into them)."""
+    import shutil
+
     tmp = tmp_path_factory.mktemp("eval")
-    out = {}
-    for family in ("decoder", "encoder_decoder"):
-        cfg = load_run_configs(config(tmp, name=family, family=family))[0]
-        train(cfg)
-        out[family] = cfg.run_dir
-    return out
+    return {family: Path(shutil.copytree(path, tmp / family)) for family, path in trained_run_dirs.items()}
 
 
 def _log_softmax(x):
