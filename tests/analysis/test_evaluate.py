@@ -143,3 +143,31 @@ def test_generate_prints_the_greedy_continuation(runs, capsys):
 def test_evaluate_run_reads_a_chosen_checkpoint(runs):
     records = evaluate_run(runs["encoder_decoder"], ["modular-7"], EvalOptions(shots=[0], bootstrap=10), step=4, examples=4)
     assert {r["step"] for r in records} == {4} and {r["family"] for r in records} == {"encoder_decoder"}
+
+
+def test_an_encoder_is_scored_by_pseudo_log_likelihood_and_says_so(tmp_path):
+    from archzoo.data.bpe import build_tokenizer
+    from archzoo.data.config import TokenizerConfig
+    from archzoo.models import build
+    from archzoo.tasks.synthetic import training_documents
+
+    tokenizer = build_tokenizer(TokenizerConfig(vocab_size=400, cache_dir=str(tmp_path)), training_documents("copy", 50))
+    model = build(family="encoder", vocab_size=400, d_model=32, num_layers=2, attention={"num_heads": 4}, mlp={"d_ff": 64}, seed=2)
+    task = load_task("copy", examples=5)
+    records, samples = evaluate_model(model, tokenizer, [task], EvalOptions(shots=[0], bootstrap=10), start_id=0, row_len=32)
+    assert {r["scoring"] for r in records} == {"pseudo-log-likelihood"}
+    # an encoder cannot generate: the likelihood metrics only
+    assert {r["metric"] for r in records} == {"accuracy", "answer_logprob_per_token", "brier"}
+    mask = tokenizer.roles["mask"]
+    for i, r in enumerate(task.examples):
+        ctx = tokenizer.encode(r.context)
+        lls = []
+        for choice in r.choices:
+            cont = tokenizer.encode(" " + choice)
+            total = 0.0
+            for j in range(len(cont)):  # each continuation token masked in turn
+                row = ctx + cont
+                row[len(ctx) + j] = mask
+                total += _log_softmax(model(np.asarray([row]))[0])[len(ctx) + j, cont[j]]
+            lls.append(total)
+        np.testing.assert_allclose(samples[("copy", 0)][i]["choice_logprobs_nats"], lls, rtol=1e-4, atol=1e-4)
