@@ -21,6 +21,7 @@ How each metric is measured (per example; values are means with bootstrap standa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Sequence
@@ -38,23 +39,31 @@ __all__ = ["EvalOptions", "check_shots", "evaluate_model", "evaluate_run", "gene
 _PROMPT_BUCKET = 32
 
 
+@dataclasses.dataclass(frozen=True)
 class EvalOptions:
     """How tasks are evaluated.
 
-    Args:
+    Attributes:
       shots: numbers of demonstrations (None: each task's own ``shots``).
       seed: the draw of few-shot demonstrations and of bootstrap resamples.
       batch_size: rows per scoring pass and prompts per generation pass.
       bootstrap: resamples behind each standard error.
     """
 
-    def __init__(self, shots: Sequence[int] | None = None, seed: int = 0, batch_size: int = 16, bootstrap: int = 1000):
-        if shots is not None and (not shots or any(int(k) != k or k < 0 for k in shots)):
-            raise TaskError(f"shots must be numbers >= 0, got {list(shots)}")
-        if batch_size < 1:
-            raise TaskError(f"batch_size must be >= 1, got {batch_size}")
-        self.shots = None if shots is None else [int(k) for k in shots]
-        self.seed, self.batch_size, self.bootstrap = seed, batch_size, bootstrap
+    shots: tuple[int, ...] | None = None
+    seed: int = 0
+    batch_size: int = 16
+    bootstrap: int = 1000
+
+    def __post_init__(self):
+        if self.shots is not None:
+            if not self.shots or any(int(k) != k or k < 0 for k in self.shots):
+                raise TaskError(f"shots must be numbers >= 0, got {list(self.shots)}")
+            object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
+        if self.batch_size < 1:
+            raise TaskError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.bootstrap < 0:
+            raise TaskError(f"bootstrap must be >= 0, got {self.bootstrap}")
 
 
 def _special_id(tokenizer, role: str) -> int | None:
@@ -179,9 +188,7 @@ def check_shots(tasks: Sequence[Task], opts: EvalOptions) -> None:
     """
     for task in tasks:
         for shots in opts.shots if opts.shots is not None else task.config.shots:
-            if shots > len(task.demonstrations):
-                where = task.config.demonstrations or "it has no demonstrations file and"
-                raise TaskError(f"task {task.name}: {shots}-shot prompts need {shots} demonstrations, but {where} holds {len(task.demonstrations)}")
+            task.check_shots(shots)
 
 
 def evaluate_model(model, tokenizer, tasks: Sequence[Task], opts: EvalOptions | None = None, *, start_id: int, row_len: int, step: int | None = None):

@@ -153,6 +153,22 @@ class Task:
     def question(self, record: Record) -> str:
         return self.config.template.format(**record.fields)
 
+    def check_shots(self, shots: int) -> None:
+        """Refuses more shots than the task has demonstrations.
+
+        Raises:
+          TaskError: naming the task, the shots and where its demonstrations come from.
+        """
+        if shots <= len(self.demonstrations):
+            return
+        if self.source == "builtin":
+            where = "its demonstration split holds"
+        elif self.config.demonstrations:
+            where = f"{self.config.demonstrations} holds"
+        else:
+            where = "it names no demonstrations file, so it has"
+        raise TaskError(f"task {self.name}: {shots}-shot prompts need {shots} demonstrations, but {where} {len(self.demonstrations)}")
+
 
 def _record(fields, where: str) -> Record:
     if not isinstance(fields, dict):
@@ -276,10 +292,8 @@ def build_prompt(task: Task, index: int, shots: int, seed: int = 0) -> str:
     question = task.question(record)
     if shots == 0:
         return question
+    task.check_shots(shots)
     demos = task.demonstrations
-    if shots > len(demos):
-        where = task.config.demonstrations or "no demonstrations file"
-        raise TaskError(f"task {task.name}: {shots}-shot prompts need {shots} demonstrations, but {where} holds {len(demos)}")
     picked = np.random.default_rng([seed, shots, index]).choice(len(demos), size=shots, replace=False)
     cfg = task.config
     shown = [task.question(demos[i]) + cfg.delimiter + demos[i].answer_text for i in picked]

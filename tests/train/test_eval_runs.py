@@ -55,6 +55,6 @@ def test_bad_eval_sections_stop_before_training(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"context": "a", "answer": "b"}) + "\n")
     task.write_text("data: t.jsonl\nshots: [2]\n")
     cfg = load_run_configs(config(tmp_path, name="shots", extra=f"eval: {{tasks: [{task}]}}"))[0]
-    with pytest.raises(ConfigError, match="task t: 2-shot prompts need 2 demonstrations, but it has no demonstrations file and holds 0"):
+    with pytest.raises(ConfigError, match="task t: 2-shot prompts need 2 demonstrations, but it names no demonstrations file, so it has 0"):
         train(cfg)
     assert not (cfg.run_dir / "config.yaml").exists()
