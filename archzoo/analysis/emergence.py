@@ -18,6 +18,7 @@ import dataclasses
 import re
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -104,7 +105,7 @@ def _metric_title(metric: str, kind: str) -> str:
 def scale_figure(points: dict, task: str, shots: int) -> Figure:
     """Every metric of ``task`` at ``shots`` against N (top row) and C (bottom row)."""
     metrics = _metrics_of(points, task, shots)
-    fig = Figure(figsize=(3.4 * len(metrics) + 2.0, 6.4), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(3.0 * len(metrics) + 2.0, 6.0), dpi=DPI, layout="constrained")
     axes = fig.subplots(2, len(metrics), squeeze=False)
     fig.suptitle(f"{task}, {shots}-shot: task metrics against scale (final checkpoint of each run; bars: ±1 s.e.)")
     families = []
@@ -123,6 +124,7 @@ def scale_figure(points: dict, task: str, shots: int) -> Figure:
                 line.set_gid(f"emergence:{family}:{metric}:{axis}")
                 bars.set_gid(f"stderr:{family}:{metric}:{axis}")
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # labelled minor ticks collide on a short range
             ax.grid(True, alpha=0.3)
             ax.set_xlabel(SCALE_AXES[axis])
             if row == 0:
