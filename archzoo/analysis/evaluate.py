@@ -301,7 +301,7 @@ def task_table(records: Sequence[dict]) -> str:
     rows = {}
     for r in records:
         rows.setdefault((r["task"], r["shots"], r["step"]), {})[r["metric"]] = r
-    header = ["task", "shots", "step", *metrics]
+    header = ["task", "shots", "step", *(f"{m} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in metrics)]
     table = [header]
     for (task, shots, step), by_metric in rows.items():
         cells = [task, str(shots), str(step)]
@@ -311,5 +311,4 @@ def task_table(records: Sequence[dict]) -> str:
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in table]
-    arrows = "  ".join(f"{m}: {'higher' if METRICS[m].higher_is_better else 'lower'} is better" for m in metrics)
-    return "\n".join(lines) + f"\n({arrows}; ± is the bootstrap standard error)"
+    return "\n".join(lines) + "\n(↑ higher is better, ↓ lower is better; ± is the bootstrap standard error)"
