@@ -21,11 +21,11 @@ from lm_eval.tasks import TaskManager
 import archzoo.harness
 from archzoo.analysis.evaluate import EvalOptions, evaluate_model
 from archzoo.analysis.scoring import load_trained, rolling_logprob, score, score_texts
-from archzoo.generation import generate
 from archzoo.cli import main as cli_main
 from archzoo.harness import ArchzooLM, main
 from archzoo.tasks.synthetic import task_examples
 from archzoo.tasks.task import load_task
+from tests.analysis.test_evaluate import greedy_alone
 
 EXAMPLES = 12
 MAX_NEW = 6  # tokens generated per answer, the same in both harnesses
@@ -98,17 +98,8 @@ def _lm_eval(lm, folder: Path, tasks):
 
 
 def _one_by_one(run, context: str, max_new: int) -> str:
-    """Greedy text after one prompt, generated alone (no batch, no padding)."""
-    ids = run.tokenizer.encode(context)
-    eos = run.tokenizer.roles["eos"]
-    row = max(run.lengths.values())
-    if run.family == "decoder":  # the row holds the prompt and the answer
-        out = generate(run.model, [([run.start_id] + ids)[-(row - max_new) :]], max_new_tokens=max_new, eos_id=eos)
-    else:
-        encoder = dict(encoder_inputs=[ids[-row:]], decoder_start_id=run.start_id)
-        out = generate(run.model, max_new_tokens=max_new, eos_id=eos, **encoder)
-    tokens = np.asarray(out.tokens)[0, : int(out.lengths[0])]
-    return run.tokenizer.decode([int(t) for t in tokens if t != eos])
+    """Greedy text after one prompt, generated alone in its batch."""
+    return greedy_alone(run, context, max_new, max(run.lengths.values()))
 
 
 def _archzoo_eval(run, folder: Path):

@@ -14,7 +14,7 @@ from archzoo.train.config import load_run_configs
 from archzoo.train.loop import train
 from tests.train.test_runs import config, corpus
 
-EVAL = "eval: {tasks: [copy, addition-1d], shots: [0, 1], examples: 4, bootstrap: 20}"
+EVAL = "eval: {tasks: [copy, addition-1d], shots: [0, 1], examples: 3, bootstrap: 20}"
 
 
 def _mixture(tmp_path) -> str:
@@ -36,7 +36,7 @@ def test_a_run_evaluates_at_checkpoints_and_the_end_as_eval_would_afterwards(tmp
     assert sorted({r["step"] for r in evals}) == [2, 4, 5]
     assert {(r["task"], r["shots"]) for r in evals} == {(t, k) for t in ("copy", "addition-1d") for k in (0, 1)}
     at_end = {(r["task"], r["shots"], r["metric"]): r["value"] for r in evals if r["step"] == 5}
-    again = evaluate_run(cfg.run_dir, ["copy", "addition-1d"], EvalOptions(shots=[0, 1], bootstrap=20), examples=4)
+    again = evaluate_run(cfg.run_dir, ["copy", "addition-1d"], EvalOptions(shots=[0, 1], bootstrap=20), examples=3)
     assert {(r["task"], r["shots"], r["metric"]): r["value"] for r in again} == pytest.approx(at_end, abs=1e-6)
     assert len(load_run(cfg.run_dir).evals) == len(evals)  # the same step again: replaced
     assert (cfg.run_dir / "evals" / "copy-1shot-step2.jsonl").exists()
