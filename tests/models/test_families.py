@@ -2,6 +2,9 @@
 empty prefix, and mask equivalence. Each compares two computations that must agree exactly (or
 to float tolerance), on tiny random models."""
 
+import functools
+
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -139,8 +142,15 @@ def test_one_layer_prefix_decoder_gives_the_causal_targets_and_two_layers_do_not
         assert np.abs(np.asarray(causal(x, f))[is_input] - np.asarray(prefix(x, f))[is_input]).max() > 1e-4
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted(graphdef, state, *args):
+    return nnx.merge(graphdef, state)(*args)
+
+
 def _packed_equals_alone(model, lengths, is_input_len=None):
     """Packs examples of ``lengths`` into one padded row and compares with each run alone."""
+    graphdef, state = nnx.split(model)
+    model = functools.partial(_jitted, graphdef, state)  # compiled: an eager MoE forward pass takes seconds
     rng = np.random.default_rng(sum(lengths))
     examples = [tokens(rng, 1, n) for n in lengths]
     pad = 3
@@ -172,7 +182,12 @@ def test_packing_encoder():
 
 @pytest.mark.parametrize("name", sorted(ENCODER_DECODERS))
 def test_packing_and_causality_encoder_decoder(name):
-    model = archzoo.build(**ENCODER_DECODERS[name], seed=3)
+    built = archzoo.build(**ENCODER_DECODERS[name], seed=3)
+    graphdef, state = nnx.split(built)
+
+    def model(*args):  # compiled: an eager MoE forward pass takes seconds
+        return _jitted(graphdef, state, *args)
+
     rng = np.random.default_rng(4)
     enc_lens, dec_lens = [5, 3], [4, 6]
     enc = [tokens(rng, 1, n) for n in enc_lens]
