@@ -215,8 +215,7 @@ def _eval(args) -> int:
     specs = [t.strip() for t in ",".join(args.tasks).split(",") if t.strip()]
     if not specs:
         raise ConfigError("--tasks names no task")
-    for spec in specs:  # every task checked before any run is loaded
-        load_task(spec, examples=args.examples, seed=args.seed)
+    tasks = [load_task(spec, examples=args.examples, seed=args.seed) for spec in specs]  # read before any run
     run_dirs = []
     for d in args.run_dirs:
         path = Path(d)
@@ -226,7 +225,7 @@ def _eval(args) -> int:
         raise ConfigError(f"{', '.join(args.run_dirs)}: holds no run directory")
     try:
         for run_dir in run_dirs:
-            records = evaluate_run(run_dir, specs, opts, step=args.step, examples=args.examples)
+            records = evaluate_run(run_dir, tasks, opts, step=args.step)
             print(f"{run_dir} (step {records[0]['step']}, {records[0]['family']}, scored by {records[0]['scoring']}):")
             print(task_table(records))
             print(f"wrote {run_dir / 'evals.jsonl'} and the examples under {run_dir / 'evals'}")

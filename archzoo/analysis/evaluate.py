@@ -32,7 +32,7 @@ from archzoo.analysis.scoring import SCORING, score
 from archzoo.tasks.metrics import METRICS, bootstrap_stderr, brier_score, edit_distance
 from archzoo.tasks.task import Task, TaskError, build_prompt, load_task
 
-__all__ = ["EvalOptions", "check_shots", "evaluate_model", "evaluate_run", "generate_texts", "task_table", "write_samples"]
+__all__ = ["EvalOptions", "check_shots", "evaluate_model", "evaluate_run", "generate_texts", "task_table", "write_results"]
 
 # Generation batches are padded to this many prompts, and prompts to a multiple of this many
 # tokens, so a task compiles the decode loop once.
@@ -66,10 +66,6 @@ class EvalOptions:
             raise TaskError(f"bootstrap must be >= 0, got {self.bootstrap}")
 
 
-def _special_id(tokenizer, role: str) -> int | None:
-    return getattr(tokenizer, "roles", {}).get(role)
-
-
 def generate_texts(
     model, tokenizer, prompts: Sequence[str], *, start_id: int, room: int, max_new: int, batch_size: int,
     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
@@ -101,7 +97,7 @@ def generate_texts(
     ids = tokenizer.encode_batch(list(prompts))
     rows = [([start_id] + p)[-room:] if decoder_only else (p[-room:] or [start_id]) for p in ids]
     pad_to = min(-(-max(len(p) for p in rows) // _PROMPT_BUCKET) * _PROMPT_BUCKET, room)
-    eos = _special_id(tokenizer, "eos")
+    eos = tokenizer.roles.get("eos")
     batch = min(batch_size, len(rows))
     texts = []
     for at in range(0, len(rows), batch):
@@ -142,13 +138,15 @@ def _task_records(model, tokenizer, task: Task, shots: int, opts: EvalOptions, *
             owners.append((i, j))
     contexts = tokenizer.encode_batch([c for c, _ in requests])
     continuations = tokenizer.encode_batch([t for _, t in requests])
-    mask_id = _special_id(tokenizer, "mask") if family == "encoder" else None
-    scores = score(model, list(zip(contexts, continuations)), start_id=start_id, mask_id=mask_id, batch_size=opts.batch_size, row_len=row_len)
+    scores = score(
+        model, list(zip(contexts, continuations)), start_id=start_id, mask_id=tokenizer.roles.get("mask"),
+        batch_size=opts.batch_size, row_len=row_len,
+    )
     per_example: list[list] = [[] for _ in task.examples]
     for (i, _), s in zip(owners, scores):
         per_example[i].append(s)
     wanted = task.metrics
-    can_generate = family != "encoder"
+    can_generate = callable(getattr(model, "decode_step", None))  # an encoder has no decoder
     generated = None
     if can_generate and any(METRICS[m].needs_generation for m in wanted):
         generated = _generate_answers(model, tokenizer, prompts, task, start_id=start_id, row_len=row_len, batch_size=opts.batch_size)
@@ -240,11 +238,19 @@ def evaluate_model(model, tokenizer, tasks: Sequence[Task], opts: EvalOptions | 
     return records, samples
 
 
-def write_samples(run_dir: Path, samples: dict, step: int | None) -> list[Path]:
-    """Writes each ``(task, shots)``'s samples to ``evals/{task}-{k}shot-step{step}.jsonl``."""
+def write_results(run_dir: Path, records: list[dict], samples: dict, step: int | None) -> list[Path]:
+    """Writes an evaluation of ``step`` into a run directory: its records into ``evals.jsonl``
+    (replacing earlier ones of the same task, shots and step) and each ``(task, shots)``'s
+    samples to ``evals/{task}-{k}shot-step{step}.jsonl``.
+
+    Returns:
+      the files written.
+    """
+    from archzoo.analysis.runs import write_evals
+
+    paths = [write_evals(run_dir, records)]
     folder = Path(run_dir) / "evals"
     folder.mkdir(exist_ok=True)
-    paths = []
     for (task, shots), rows in samples.items():
         path = folder / f"{task}-{shots}shot-step{step}.jsonl"
         tmp = path.with_name(path.name + ".tmp")
@@ -256,7 +262,7 @@ def write_samples(run_dir: Path, samples: dict, step: int | None) -> list[Path]:
 
 def evaluate_run(
     run_dir: str | Path,
-    task_specs: Sequence[str],
+    tasks: Sequence[Task | str],
     opts: EvalOptions | None = None,
     *,
     step: int | None = None,
@@ -268,10 +274,10 @@ def evaluate_run(
 
     Args:
       run_dir: a run directory with a finished checkpoint.
-      task_specs: built-in task names or task YAML paths.
+      tasks: loaded tasks, or built-in task names and task YAML paths to load.
       opts: shots, seed, batch size, bootstrap resamples.
       step: the checkpoint to evaluate (None: the newest).
-      examples: at most this many examples per task.
+      examples: at most this many examples per task (for the tasks loaded here).
 
     Returns:
       the records written.
@@ -280,18 +286,16 @@ def evaluate_run(
       TaskError: an unknown task or a bad task file, before the model is loaded.
       RecordError, CheckpointError: not a run directory, or no finished checkpoint.
     """
-    from archzoo.analysis.runs import write_evals
     from archzoo.analysis.scoring import load_trained
 
     opts = opts or EvalOptions()
-    tasks = [load_task(spec, examples=examples, seed=opts.seed) for spec in task_specs]
+    tasks = [t if isinstance(t, Task) else load_task(t, examples=examples, seed=opts.seed) for t in tasks]
     check_shots(tasks, opts)
     run = load_trained(run_dir, step)
     records, samples = evaluate_model(
         run.model, run.tokenizer, tasks, opts, start_id=run.start_id, row_len=max(run.lengths.values()), step=run.step
     )
-    write_evals(run.run_dir, records)
-    write_samples(run.run_dir, samples, run.step)
+    write_results(run.run_dir, records, samples, run.step)
     return records
 
 

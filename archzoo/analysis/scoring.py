@@ -113,8 +113,6 @@ def load_trained(run_dir: str | Path, step: int | None = None) -> TrainedRun:
       RecordError: the directory holds no run (no ``run.json``), or its record is unreadable.
       CheckpointError: no finished checkpoint (or none of ``step``).
     """
-    import yaml
-
     from archzoo.analysis.runs import RecordError, load_run
     from archzoo.config import from_dict
     from archzoo.data.tokenizer import open_tokenizer
@@ -127,7 +125,7 @@ def load_trained(run_dir: str | Path, step: int | None = None) -> TrainedRun:
     record = load_run(run_dir)
     if not record.config:
         raise RecordError(f"{run_dir}: no config.yaml: not a run directory archzoo wrote")
-    cfg = from_dict(RunConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = from_dict(RunConfig, record.config)
     model = build(cfg.model, seed=cfg.train.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     step, params = read_params(run_dir / "checkpoints", params, step)
@@ -158,9 +156,9 @@ def _examples(family: str, requests, row_len: int, mask_id: int | None):
     for i, (ctx, cont) in enumerate(requests):
         # decoder: start, context, continuation[:-1]; encoder: context, continuation; an
         # encoder-decoder's context has the encoder row to itself
-        room = row_len if family == "encoder_decoder" else row_len - len(cont)
-        if len(cont) > row_len or room < 0:
+        if len(cont) > row_len:
             raise ValueError(f"score(): request {i}: its continuation of {len(cont)} tokens does not fit a row of {row_len}")
+        room = row_len if family == "encoder_decoder" else row_len - len(cont)
         dropped = max(len(ctx) - room, 0)
         ctx = ctx[dropped:]
         truncated.append(dropped)
@@ -222,7 +220,8 @@ def score(
       requests: ``(context, continuation)`` pairs of token-id lists; the continuation must not be
         empty, the context may be.
       start_id: the token every training row started with (``TrainedRun.start_id``).
-      mask_id: the mask token; needed by an encoder (pseudo-log-likelihood).
+      mask_id: the mask token; needed by an encoder (pseudo-log-likelihood), unused by the
+        other families.
       batch_size: rows per forward pass.
       row_len: tokens per row (each stream of an encoder-decoder); None: the longest request
         rounded up to a multiple of 64, at most the learned position table.
@@ -282,14 +281,10 @@ def score_texts(run: TrainedRun, pairs: Sequence[tuple[str, str]], *, batch_size
         run.model,
         list(zip(contexts, continuations)),
         start_id=run.start_id,
-        mask_id=_mask_id(run),
+        mask_id=run.tokenizer.roles.get("mask"),
         batch_size=batch_size,
         row_len=max(run.lengths.values()),
     )
-
-
-def _mask_id(run: TrainedRun) -> int | None:
-    return run.tokenizer.special.mask if run.family == "encoder" else None
 
 
 def rolling_logprob(run: TrainedRun, texts: Sequence[str], *, batch_size: int = 8) -> list[ContinuationScore]:
@@ -311,10 +306,12 @@ def rolling_logprob(run: TrainedRun, texts: Sequence[str], *, batch_size: int = 
         for at in range(0, len(ids), window):
             requests.append((ids[:at], ids[at : at + window]))
             owners.append(i)
-    scores = score(run.model, requests, start_id=run.start_id, mask_id=_mask_id(run), batch_size=batch_size, row_len=row)
+    scores = score(run.model, requests, start_id=run.start_id, mask_id=run.tokenizer.roles.get("mask"), batch_size=batch_size, row_len=row)
+    windows: list[list[ContinuationScore]] = [[] for _ in texts]
+    for s, i in zip(scores, owners):
+        windows[i].append(s)
     out = []
-    for i in range(len(texts)):
-        mine = [s for s, o in zip(scores, owners) if o == i]
+    for mine in windows:
         logprobs = np.concatenate([s.token_logprobs for s in mine])
         out.append(ContinuationScore(float(logprobs.sum()), logprobs, all(s.greedy for s in mine)))
     return out

@@ -99,14 +99,12 @@ class MixtureSource:
         if self.examples_per_document < 1:
             raise invalid("examples_per_document", f"must be >= 1, got {self.examples_per_document}")
         if self.is_task:
-            import difflib
-
-            from archzoo.tasks.synthetic import SYNTHETIC_TASKS
+            from archzoo.tasks.synthetic import SYNTHETIC_TASKS, closest_task
 
             name = self.task_name
             if name not in SYNTHETIC_TASKS:
-                close = difflib.get_close_matches(name, list(SYNTHETIC_TASKS), n=1)
-                hint = f"; did you mean {TASK_PREFIX}{close[0]}?" if close else ""
+                close = closest_task(name)
+                hint = f"; did you mean {TASK_PREFIX}{close}?" if close else ""
                 raise invalid("source", f"{self.source!r} names no built-in task{hint} (tasks: {', '.join(SYNTHETIC_TASKS)})")
 
     @property

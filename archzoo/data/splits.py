@@ -11,9 +11,10 @@ import struct
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
-from archzoo.data.config import DataConfig
+from archzoo.data.config import DataConfig, MixtureSource
 from archzoo.data.embedded import embedded_documents
 from archzoo.data.loaders import DataError, read_documents
+from archzoo.data.tokenizer import utf8_bytes
 
 __all__ = [
     "Splits",
@@ -211,11 +212,11 @@ def split_validation(
     return splits
 
 
-def load_documents(cfg: DataConfig) -> list[str]:
+def load_documents(cfg: DataConfig | MixtureSource) -> list[str]:
     """Every document of the configured corpus, in corpus order.
 
     Args:
-      cfg: the data section.
+      cfg: the data section, or one text source of its mixture.
 
     Returns:
       The documents.
@@ -256,7 +257,7 @@ def load_splits(cfg: DataConfig) -> Splits:
 
 
 def _bytes(documents) -> int:
-    return sum(len(d.encode("utf-8")) for d in documents)
+    return sum(utf8_bytes(d) for d in documents)
 
 
 def _mixture_splits(cfg: DataConfig) -> Splits:
@@ -269,7 +270,7 @@ def _mixture_splits(cfg: DataConfig) -> Splits:
     for i, m in enumerate(cfg.mixture):
         if m.is_task:
             continue
-        documents = embedded_documents() if m.source == "embedded" else read_documents(m.source, m.format, m.field, m.text_documents)
+        documents = load_documents(m)
         # each text source has its own held-out documents, seeded apart
         texts[i] = split_validation(
             documents, seed=cfg.seed + i, fraction=cfg.validation_fraction, count=cfg.validation_count, shuffle=cfg.shuffle, source=m.source
@@ -289,7 +290,7 @@ def _mixture_splits(cfg: DataConfig) -> Splits:
             if used >= goal * (1 - 1e-9):
                 break
             taken.append(d)
-            used += len(d.encode("utf-8"))
+            used += utf8_bytes(d)
         train += taken
         validation += texts[i].validation
     order = permutation(len(train), cfg.seed) if cfg.shuffle else range(len(train))

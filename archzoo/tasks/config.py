@@ -34,16 +34,14 @@ class EvalConfig:
     bootstrap: int = 1000
 
     def __post_init__(self):
-        import difflib
-
-        from archzoo.tasks.synthetic import SYNTHETIC_TASKS
+        from archzoo.tasks.synthetic import SYNTHETIC_TASKS, closest_task
 
         if not self.tasks:
             raise invalid("eval.tasks", "must name at least one task (a built-in name or a task YAML path)")
         for spec in self.tasks:
             if spec not in SYNTHETIC_TASKS and not Path(spec).is_file():
-                close = difflib.get_close_matches(spec, list(SYNTHETIC_TASKS), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                close = closest_task(spec)
+                hint = f"; did you mean {close!r}?" if close else ""
                 raise invalid("eval.tasks", f"{spec!r} is neither a built-in task{hint} nor a task file (built-in: {', '.join(SYNTHETIC_TASKS)})")
         if self.shots is not None and (not self.shots or any(k < 0 for k in self.shots)):
             raise invalid("eval.shots", f"must be a non-empty list of numbers >= 0, or null; got {self.shots}")

@@ -39,6 +39,7 @@ __all__ = [
     "task_examples",
     "training_documents",
     "format_example",
+    "closest_task",
 ]
 
 SPLITS = ("eval", "demo", "train")
@@ -255,12 +256,18 @@ SYNTHETIC_TASKS: dict[str, SyntheticTask] = {
 # Splits and sampling
 
 
+def closest_task(name: str) -> str | None:
+    """The built-in task name closest in spelling to ``name`` (for an error's suggestion), or None."""
+    close = difflib.get_close_matches(name, list(SYNTHETIC_TASKS), n=1)
+    return close[0] if close else None
+
+
 def _task(task_name: str) -> SyntheticTask:
     """The task of that name, or a ValueError that suggests the closest name and lists them all."""
     if task_name in SYNTHETIC_TASKS:
         return SYNTHETIC_TASKS[task_name]
-    close = difflib.get_close_matches(task_name, list(SYNTHETIC_TASKS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    close = closest_task(task_name)
+    hint = f"; did you mean {close!r}?" if close else ""
     raise ValueError(f"unknown synthetic task {task_name!r}{hint} Valid names: {', '.join(SYNTHETIC_TASKS)}")
 
 

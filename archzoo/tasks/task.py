@@ -35,7 +35,7 @@ import numpy as np
 
 from archzoo.config import ConfigError, from_dict, invalid, load_yaml
 from archzoo.tasks.metrics import CHOICE_METRICS, METRICS
-from archzoo.tasks.synthetic import SYNTHETIC_TASKS, task_examples
+from archzoo.tasks.synthetic import SYNTHETIC_TASKS, closest_task, task_examples
 
 __all__ = ["Record", "Task", "TaskConfig", "TaskError", "build_prompt", "load_task", "read_records", "task_names"]
 
@@ -277,8 +277,8 @@ def load_task(spec: str, *, examples: int | None = None, seed: int = 0) -> Task:
         if not path.is_file():
             raise TaskError(f"{path}: task file not found")
         return _from_yaml(path, examples)
-    close = difflib.get_close_matches(spec, task_names(), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    close = closest_task(spec)
+    hint = f"; did you mean {close!r}?" if close else ""
     raise TaskError(f"unknown task {spec!r}{hint} (built-in tasks: {', '.join(task_names())}; or give a task YAML path)")
 
 

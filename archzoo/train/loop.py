@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from archzoo.analysis.runs import write_evals, write_record
+from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError
 from archzoo.features.run_data import RunData, build_run_data
 from archzoo.models import build, count_params
@@ -258,16 +258,13 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         }
 
     def evaluate_tasks(step: int) -> None:
-        if evaluation is None:
-            return
-        from archzoo.analysis.evaluate import evaluate_model, write_samples
+        from archzoo.analysis.evaluate import evaluate_model, write_results
 
         tasks, opts = evaluation
         model = nnx.merge(graphdef, params, rest)
         row_len = max(data.lengths.values())
         records, samples = evaluate_model(model, data.tokenizer, tasks, opts, start_id=data.special.pad, row_len=row_len, step=step)
-        write_evals(run_dir, records)
-        write_samples(run_dir, samples, step)
+        write_results(run_dir, records, samples, step)
 
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))

@@ -102,13 +102,17 @@ def _dump(config: dict) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-# Keys that change neither the numbers nor the order of work: a run resumes across them.
+# Keys that change neither the numbers nor the order of work: a run resumes across them. The
+# ``eval`` section changes what is measured, not what is trained.
 _NOT_RESULTS = {"train.progress", "train.keep_checkpoints", "train.checkpoint_every"}
+_NOT_RESULT_SECTIONS = ("eval",)
 
 
-def _evaluation_only(key: str) -> bool:
-    """A key of the ``eval`` section: it changes what is measured, not what is trained."""
-    return key == "eval" or key.startswith("eval.")
+def _result_changes(old: dict, config: dict) -> list[str]:
+    """The dotted keys where ``config`` trains differently from ``old``, sorted."""
+    return sorted(
+        k for k in _diff(old, config) - _NOT_RESULTS if k.split(".", 1)[0] not in _NOT_RESULT_SECTIONS
+    )
 
 
 def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
@@ -130,7 +134,7 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
     try:
         if path.exists():
             old = _read_config(path, overwrite)
-            changed = sorted(k for k in _diff(old, config) - _NOT_RESULTS if not _evaluation_only(k))
+            changed = _result_changes(old, config)
             if not changed and not overwrite:
                 path.write_text(_dump(config))
                 return True
@@ -157,7 +161,7 @@ def _same_run(run_dir: Path, config: dict) -> bool:
         old = yaml.safe_load((run_dir / "config.yaml").read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False
-    return isinstance(old, dict) and not any(not _evaluation_only(k) for k in _diff(old, config) - _NOT_RESULTS)
+    return isinstance(old, dict) and not _result_changes(old, config)
 
 
 def completed_summary(run_dir: Path, config: dict) -> dict | None:
