@@ -129,7 +129,6 @@ def _generate_answers(model, tokenizer, prompts: list[str], task: Task, *, start
 def _task_records(model, tokenizer, task: Task, shots: int, opts: EvalOptions, *, start_id: int, row_len: int):
     """Per-metric values of every example of ``task`` at ``shots``, and the per-example samples."""
     cfg = task.config
-    family = model.config.family
     prompts = [build_prompt(task, i, shots, opts.seed) for i in range(len(task.examples))]
     requests, owners = [], []
     for i, r in enumerate(task.examples):

@@ -8,6 +8,7 @@ from flax import nnx
 
 from archzoo.layers.params import dense_init, param, zeros
 from archzoo.layers.config import MlpConfig
+from archzoo.sharding import constrain
 
 __all__ = ["Mlp", "ACTIVATIONS", "feed_forward"]
 
@@ -19,18 +20,22 @@ ACTIVATIONS = {
 }
 
 
-def feed_forward(x, activation: str, matmul, up, down, gate=None, up_bias=None, down_bias=None):
+def feed_forward(x, activation: str, matmul, up, down, gate=None, up_bias=None, down_bias=None, *, hidden=None):
     """``down(act(up(x)))`` or, gated, ``down(act(gate(x)) * up(x))``, with optional biases.
 
     The one MLP formula of the dense MLP and of every MoE expert path: ``matmul(x, w)``
     multiplies rows by (their expert's) weights ``w``, and a bias is already laid out to add to
     its output. Weights and biases are cast to ``x``'s dtype by the caller's ``matmul``.
+    ``hidden``: the logical names of the hidden activation's dimensions, which a mesh shards
+    (:func:`archzoo.sharding.constrain`), or None.
     """
     act = ACTIVATIONS[activation]
     h = matmul(x, up)
     if up_bias is not None:
         h = h + up_bias
     h = act(matmul(x, gate)) * h if gate is not None else act(h)
+    if hidden is not None:
+        h = constrain(h, hidden)
     y = matmul(h, down)
     return y if down_bias is None else y + down_bias
 
@@ -78,4 +83,5 @@ class Mlp(nnx.Module):
             value(self.gate),
             value(self.up_bias),
             value(self.down_bias),
+            hidden=("batch", "length", "mlp"),
         )

@@ -42,6 +42,7 @@ from archzoo.layers.config import MlpConfig, MoeConfig
 from archzoo.layers.mlp import Mlp, feed_forward
 from archzoo.layers.params import dense_init, param, zeros
 from archzoo.layers.report import LayerReport
+from archzoo.sharding import constrain
 
 __all__ = ["MoE", "BalanceBias", "update_balance_biases", "capacity", "grouped_matmul_kind"]
 
@@ -132,7 +133,7 @@ class MoE(nnx.Module):
 
     # -- the experts ---------------------------------------------------------------------------
 
-    def _experts(self, x, matmul, bias_rows):
+    def _experts(self, x, matmul, bias_rows, hidden):
         """The experts' MLP (:func:`~archzoo.layers.mlp.feed_forward`): ``matmul(x, w)`` applies
         each row's expert slice of ``w [E, ...]``, ``bias_rows(b)`` lays ``b [E, ...]`` out for it."""
         dtype = x.dtype
@@ -144,17 +145,29 @@ class MoE(nnx.Module):
             return None if p is None else bias_rows(cast(p))
 
         return feed_forward(
-            x, self.activation, matmul, cast(self.up), cast(self.down), cast(self.gate), bias(self.up_bias), bias(self.down_bias)
+            x,
+            self.activation,
+            matmul,
+            cast(self.up),
+            cast(self.down),
+            cast(self.gate),
+            bias(self.up_bias),
+            bias(self.down_bias),
+            hidden=hidden,
         )
 
     def _experts_dense(self, x_ECD: jax.Array) -> jax.Array:
-        """Each expert's MLP on its own rows: ``[E, C, D] -> [E, C, D]``."""
-        return self._experts(x_ECD, lambda x, w: jnp.einsum("ECi,Eio->ECo", x, w), lambda b: b[:, None])
+        """Each expert's MLP on its own rows: ``[E, C, D] -> [E, C, D]``, the experts split over
+        the mesh's ``expert`` axis (the dispatch buffer moves there and back)."""
+        names = ("expert", "act_tokens", "act_embed")
+        x_ECD = constrain(x_ECD, names)
+        y = self._experts(x_ECD, lambda x, w: jnp.einsum("ECi,Eio->ECo", x, w), lambda b: b[:, None], ("expert", "act_tokens", "mlp"))
+        return constrain(y, names)
 
     def _experts_ragged(self, x_MD, expert_M, group_sizes_E):
         E = group_sizes_E.shape[0]
         safe_e = jnp.minimum(expert_M, E - 1)
-        y = self._experts(x_MD, lambda x, w: jax.lax.ragged_dot(x, w, group_sizes_E), lambda b: b[safe_e])
+        y = self._experts(x_MD, lambda x, w: jax.lax.ragged_dot(x, w, group_sizes_E), lambda b: b[safe_e], (None, "mlp"))
         return jnp.where((expert_M < E)[:, None], y, 0)
 
     # -- routing ---------------------------------------------------------------------------------

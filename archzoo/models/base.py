@@ -11,6 +11,7 @@ from archzoo.layers.embed import Embedding, Head
 from archzoo.layers.init import parametrisation
 from archzoo.masks import TokenFacts, facts as make_facts
 from archzoo.models.config import ModelConfig
+from archzoo.sharding import constrain
 
 __all__ = ["LanguageModel", "Buffer", "check_tokens", "stream_facts"]
 
@@ -141,4 +142,5 @@ class LanguageModel(nnx.Module):
             out = out * self.output_multiplier
         if self.final_logits_bias is not None:
             out = out + self.final_logits_bias[...]
+        out = constrain(out, ("batch", "length", "vocab"))
         return out

@@ -29,6 +29,7 @@ from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig, check_seed
 from archzoo.models.ladder import LadderConfig, size_model
 from archzoo.objectives import ObjectiveConfig
+from archzoo.sharding import MeshConfig
 from archzoo.tasks.config import EvalConfig
 from archzoo.train.optimizer import OptimizerConfig
 
@@ -148,6 +149,9 @@ class RunConfig:
       eval: task evaluation at checkpoints and at the end (None: none); see
         :class:`~archzoo.tasks.config.EvalConfig`. It changes no training number, so a run
         resumes across a changed ``eval`` section.
+      mesh: the device mesh and sharding rules (:class:`~archzoo.sharding.MeshConfig`); None:
+        one device, the default one. Only the mesh changes between a laptop and a pod; a run
+        resumes across a changed mesh (its checkpoints restore onto the new one).
     """
 
     name: str = "run"
@@ -160,6 +164,7 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig | None = None
+    mesh: MeshConfig | None = None
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in (".", ".."):

@@ -22,7 +22,8 @@ from flax import nnx
 from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError
 from archzoo.features.run_data import RunData, build_run_data
-from archzoo.models import build, count_params
+from archzoo.models import count_params
+from archzoo.sharding import Layout
 from archzoo.train.checkpoints import RunCheckpoints
 from archzoo.train.config import RunConfig, resolved
 from archzoo.train.flops import train_flops, train_flops_per_token
@@ -35,7 +36,7 @@ from archzoo.train.rundir import (
     prepare_run_dir,
     record_failure,
 )
-from archzoo.train.step import make_eval_step, make_train_step, split_model
+from archzoo.train.step import init_training
 
 __all__ = ["TrainingError", "train"]
 
@@ -125,6 +126,16 @@ def _task_evaluation(cfg: RunConfig):
     return tasks, opts
 
 
+def _layout(cfg: RunConfig) -> Layout | None:
+    """The run's mesh over every device (None without a ``mesh`` section), checked against the
+    batch: its rows must split evenly over the mesh's batch axes and the processes."""
+    if cfg.mesh is None:
+        return None
+    layout = Layout.of(cfg.mesh)
+    layout.check_rows(cfg.train.batch_size, "train.batch_size", jax.process_count())
+    return layout
+
+
 def _progress_bar(cfg: RunConfig, counters: dict, progress: bool | None):
     if not (progress if progress is not None else cfg.train.progress):
         return None
@@ -209,12 +220,12 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     data.tokenizer.save(run_dir / data.tokenizer.file_name)
     pipeline, stream = data.pipeline, data.loss_stream
 
-    # -- model and optimizer --------------------------------------------------------------------
-    model = build(cfg.model, seed=cfg.train.seed)
-    graphdef, params, rest = split_model(model)
-    train_step, tx = make_train_step(graphdef, cfg.optimizer)
-    eval_step = make_eval_step(graphdef)
-    opt_state = tx.init(params)
+    # -- model and optimizer, sharded over the mesh when the run has one ------------------------
+    layout = _layout(cfg)
+    t = init_training(cfg.model, cfg.optimizer, seed=cfg.train.seed, layout=layout)
+    graphdef, params, rest, opt_state = t.graphdef, t.params, t.rest, t.opt_state
+    train_step, eval_step, put_batch, model = t.train_step, t.eval_step, t.put_batch, t.model
+    validation = [put_batch(b, 0) for b in data.validation]
     moe = cfg.model.moe
     noisy = moe is not None and (moe.jitter > 0 or moe.noise > 0)
 
@@ -248,7 +259,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         if not data.validation:
             return {}
         loss_sum = tokens = 0.0
-        for b in data.validation:
+        for b in validation:
             s, t = eval_step(params, rest, b)
             loss_sum, tokens = loss_sum + float(s), tokens + float(t)
         loss = loss_sum / max(tokens, 1.0)
@@ -271,6 +282,33 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     bar = _progress_bar(cfg, counters, progress)
     last_eval: dict = {}
     stopped_by, val_step = None, None
+    # The host never waits on the device for a step it has not dispatched the next one after: a
+    # step's loss is read once the following step is queued, except at the steps that validate,
+    # save or end, which are read at once (their parameters are needed before the next update).
+    pending = None  # the dispatched step not read yet: (step, metrics, record, tokens, dispatched at)
+    busy_since = time.perf_counter()  # when the device last started on work the host waits for
+
+    def finish(p) -> dict:
+        """Reads step ``p``'s metrics from the device: its record, after the finiteness check."""
+        nonlocal busy_since
+        step, metrics, record, tokens, dispatched = p
+        loss, grad_norm = float(metrics["loss_nats"]), float(metrics["grad_norm"])
+        now = time.perf_counter()
+        seconds, busy_since = now - max(busy_since, dispatched), now
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise _non_finite_error(cfg, step, loss, grad_norm, manager.latest_step())
+        record = {"step": step, "loss_nats": loss, "lr": record["lr"], "grad_norm": grad_norm, **record["counters"]}
+        record.update(tokens_per_s=tokens / seconds, **_layer_metrics(metrics))
+        return record
+
+    def log(record: dict, last: bool = False) -> None:
+        if record["step"] % cfg.train.log_every == 0 or last or "val_loss_nats" in record:
+            writer.write(record)
+        if bar is not None:
+            spent = record["step"] if budget.kind == "steps" else record[budget.kind]
+            bar.update(spent - bar.n)
+            bar.set_postfix(loss=f"{record['loss_nats']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+
     try:
         # -- the loop -------------------------------------------------------------------------------
         while _budget_spent(budget.kind, counters) < budget.value:
@@ -278,40 +316,35 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
             if budget.kind == "target_tokens":
                 batch = _trim_to_target_budget(batch, stream, int(budget.value - counters["target_tokens"]))
             lr = learning_rate(cfg.optimizer, _budget_spent(budget.kind, counters) / budget.value)
-            t0 = time.perf_counter()
-            params, opt_state, metrics = train_step(params, rest, opt_state, batch, lr, step_key(counters["step"] + 1))
-            loss, grad_norm = float(metrics["loss_nats"]), float(metrics["grad_norm"])
-            seconds = time.perf_counter() - t0
             step = counters["step"] + 1
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                raise _non_finite_error(cfg, step, loss, grad_norm, manager.latest_step())
+            dispatched = time.perf_counter()
+            params, opt_state, metrics = train_step(params, rest, opt_state, put_batch(batch), lr, step_key(step))
+            if pending is not None:
+                log(finish(pending))
+                pending = None
             counters, tokens = _advance(counters, batch, cfg, stream)
-            record = {
-                "step": step,
-                "loss_nats": loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                **{k: counters[k] for k in ("target_tokens", "tokens", "flops")},
-                "tokens_per_s": tokens / seconds,
-                **_layer_metrics(metrics),
-            }
+            spent = {k: counters[k] for k in ("target_tokens", "tokens", "flops")}
+            pending = (step, metrics, {"lr": lr, "counters": spent}, tokens, dispatched)
             # A SIGTERM ends the run at this step: saved, and scored for the summary. Its metrics
             # lines are the ones an uninterrupted run writes, so a resumed run's file equals one.
             done = _budget_spent(budget.kind, counters) >= budget.value
             stopped_by = "sigterm" if stop["sigterm"] and not done else None  # at the last step: the budget
-            if step % cfg.train.eval_every == 0 or done or stopped_by:
+            validate = step % cfg.train.eval_every == 0 or done or stopped_by
+            checkpoint = step % cfg.train.checkpoint_every == 0 or done or stopped_by
+            tasks = evaluation is not None and (step % (cfg.eval.every or cfg.train.checkpoint_every) == 0 or done)
+            if not (validate or checkpoint or tasks):
+                continue
+            record, pending = finish(pending), None
+            if validate:
                 last_eval, val_step = evaluate(), step
                 if not stopped_by or step % cfg.train.eval_every == 0:
                     record.update(last_eval)
-            if step % cfg.train.log_every == 0 or done or "val_loss_nats" in record:
-                writer.write(record)
-            if step % cfg.train.checkpoint_every == 0 or done or stopped_by:
+            log(record, last=done)
+            if checkpoint:
                 save(step)
-            if evaluation is not None and (step % (cfg.eval.every or cfg.train.checkpoint_every) == 0 or done):
+            if tasks:
                 evaluate_tasks(step)
-            if bar is not None:
-                bar.update(_budget_spent(budget.kind, counters) - bar.n)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / seconds:,.0f}", refresh=False)
+            busy_since = time.perf_counter()  # validation, saving and tasks are not the next step's time
             if stopped_by:
                 break
         if not last_eval:  # resumed at the end (or never stepped): score the final weights

@@ -7,7 +7,10 @@ takes and returns plain pytrees, so it can be checkpointed and resumed bit for b
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +18,11 @@ import optax
 from flax import nnx
 
 from archzoo.layers.moe import update_balance_biases
+from archzoo.sharding import Layout, create_sharded
 from archzoo.train.loss import loss_fn
 from archzoo.train.optimizer import OptimizerConfig, build_optimizer, lr_multipliers
 
-__all__ = ["split_model", "make_train_step", "make_eval_step", "time_train_steps"]
+__all__ = ["split_model", "make_train_step", "make_eval_step", "init_training", "Training", "time_train_steps"]
 
 
 def split_model(model: nnx.Module):
@@ -26,7 +30,11 @@ def split_model(model: nnx.Module):
     return nnx.split(model, nnx.Param, ...)
 
 
-def make_train_step(graphdef, cfg: OptimizerConfig):
+def _under(layout: Layout | None):
+    return layout.active() if layout is not None else contextlib.nullcontext()
+
+
+def make_train_step(graphdef, cfg: OptimizerConfig, *, layout: Layout | None = None, shardings=None):
     """Builds ``train_step(params, rest, opt_state, batch, lr, key=None) -> (params, opt_state, metrics)``.
 
     ``batch`` holds arrays ``[A, B, L]`` for ``A = cfg.accumulation_steps`` micro-batches; their
@@ -43,6 +51,11 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
     micro-batch folded from it); None: none. After the update, the routers of
     ``moe.balance: bias`` move their biases by the step's expert loads.
 
+    ``layout``: the mesh (:class:`~archzoo.sharding.Layout`) the step traces under, so the
+    model's activation constraints apply; ``shardings``: ``(params, opt_state)`` trees of the
+    state's shardings, which the step's outputs keep (so the next step reuses the compiled one).
+    Without them the step runs where its inputs are, as on one device.
+
     Returns:
       the jitted step and the optimizer (for ``opt_state = tx.init(params)``).
     """
@@ -58,6 +71,10 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
     grad_fn = jax.grad(summed_loss, has_aux=True)
 
     def train_step(params, rest, opt_state, batch, lr, key=None):
+        with _under(layout):
+            return _train_step(params, rest, opt_state, batch, lr, key)
+
+    def _train_step(params, rest, opt_state, batch, lr, key):
         def accumulate(carry, xs):
             micro, index = xs
             grads_sum, loss_sum, tokens = carry
@@ -85,16 +102,21 @@ def make_train_step(graphdef, cfg: OptimizerConfig):
         metrics = {"loss_nats": loss_sum / denom, "grad_norm": grad_norm, "target_tokens": tokens, **reported}
         return params, opt_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0, 2)), tx
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=(0, 2)), tx
+    params_sharding, opt_sharding = shardings
+    out = (params_sharding, opt_sharding, layout.replicated)
+    return jax.jit(train_step, donate_argnums=(0, 2), out_shardings=out), tx
 
 
-def make_eval_step(graphdef):
+def make_eval_step(graphdef, *, layout: Layout | None = None):
     """``eval_step(params, rest, batch) -> (loss_sum_nats, target_tokens)`` for one batch."""
 
     def eval_step(params, rest, batch):
-        model = nnx.merge(graphdef, params, rest)
-        _, aux = loss_fn(model, batch)
-        return aux["loss_sum_nats"], aux["target_tokens"]
+        with _under(layout):
+            model = nnx.merge(graphdef, params, rest)
+            _, aux = loss_fn(model, batch)
+            return aux["loss_sum_nats"], aux["target_tokens"]
 
     return jax.jit(eval_step)
 
@@ -116,3 +138,59 @@ def time_train_steps(model, cfg: OptimizerConfig, batch: dict, steps: int, lr: f
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     return times[0], times[1:]
+
+
+@dataclasses.dataclass
+class Training:
+    """A model's training state and its compiled steps, on one device or sharded over a mesh.
+
+    Attributes:
+      model: the module as built (its parameters are also in ``params``).
+      graphdef, params, rest: :func:`split_model` of it.
+      opt_state: the optimizer's state (its moments sharded as the parameters).
+      train_step, eval_step: :func:`make_train_step` and :func:`make_eval_step`, traced under
+        the mesh, with outputs kept in the state's shardings.
+      layout: the mesh, or None (one device).
+    """
+
+    model: nnx.Module
+    graphdef: object
+    params: object
+    rest: object
+    opt_state: object
+    train_step: Callable
+    eval_step: Callable
+    layout: Layout | None
+
+    def put_batch(self, batch: dict, axis: int = 1) -> dict:
+        """A host batch on the devices: its rows (axis 1 of a train batch ``[A, B, L]``, 0 of a
+        validation batch ``[B, L]``) split over the mesh's batch axes; unchanged without a mesh."""
+        return batch if self.layout is None else self.layout.put_rows(batch, axis)
+
+
+def init_training(model_cfg, optimizer_cfg: OptimizerConfig, *, seed: int, layout: Layout | None = None) -> Training:
+    """Builds the model (created sharded on ``layout``'s mesh when given: no device holds all
+    of it), its optimizer state and its steps.
+
+    Raises:
+      ConfigError: a parameter's dimension the mesh does not divide (naming it).
+    """
+    from archzoo.models import build
+
+    if layout is None:
+        model = build(model_cfg, seed=seed)
+    else:
+        model = create_sharded(lambda: build(model_cfg, seed=seed), layout)
+    graphdef, params, rest = split_model(model)
+    init = build_optimizer(optimizer_cfg).init
+    shardings = None
+    if layout is None:
+        opt_state = init(params)
+    else:  # the moments sharded as their parameters, the step count replicated
+        opt_sharding = layout.like_params(jax.eval_shape(init, params), params)
+        opt_state = jax.jit(init, out_shardings=opt_sharding)(params)
+        rest = jax.device_put(rest, layout.on_mesh(rest))
+        shardings = (layout.on_mesh(params), opt_sharding)
+    train_step, _ = make_train_step(graphdef, optimizer_cfg, layout=layout, shardings=shardings)
+    eval_step = make_eval_step(graphdef, layout=layout)
+    return Training(model, graphdef, params, rest, opt_state, train_step, eval_step, layout)

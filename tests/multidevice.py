@@ -1,0 +1,123 @@
+"""Runs in a subprocess with 8 simulated CPU devices (``XLA_FLAGS`` is set before jax is
+imported): a few training steps of one model on one device and on each mesh, printing one JSON
+line of the losses and of every parameter's shard shape per mesh.
+
+    python tests/multidevice.py steps '{"model": {...}, "meshes": {"data8": {"data": 8}}}'
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import json  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from archzoo.models import load_model_config  # noqa: E402
+from archzoo.sharding import Layout, MeshConfig  # noqa: E402
+from archzoo.train.optimizer import OptimizerConfig  # noqa: E402
+from archzoo.train.step import init_training  # noqa: E402
+
+
+def packed_batch(cfg, rows: int, length: int, seed: int = 0) -> dict:
+    """``[1, rows, length]`` rows packing two examples each, then padding, in the layout the
+    feature converters write (positions restart per example; the first half of an example is
+    its input)."""
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for spec in cfg.stacks:
+        s = spec.name
+        seg = np.zeros((rows, length), np.int32)
+        pos = np.zeros((rows, length), np.int32)
+        inp = np.zeros((rows, length), bool)
+        for r in range(rows):
+            a = int(rng.integers(4, length // 2))
+            b = int(rng.integers(2, length - a - 1))
+            for sid, (start, n) in enumerate(((0, a), (a, b)), start=1):
+                seg[r, start : start + n] = sid
+                pos[r, start : start + n] = np.arange(n)
+                inp[r, start : start + n // 2] = True
+        tokens = np.where(seg > 0, rng.integers(1, cfg.vocab_size, (rows, length)), 0).astype(np.int32)
+        is_input = inp if s == "decoder" and cfg.mask == "prefix" else (np.zeros_like(inp) if s == "decoder" else seg > 0)
+        batch.update({f"{s}_tokens": tokens, f"{s}_segment_ids": seg, f"{s}_positions": pos, f"{s}_is_input": is_input})
+    loss = cfg.loss_stream
+    targets = np.roll(batch[f"{loss}_tokens"], -1, axis=1)
+    weights = (batch[f"{loss}_segment_ids"] > 0).astype(np.float32)
+    if loss == "decoder" and cfg.mask == "prefix":
+        weights = weights * ~batch["decoder_is_input"]
+    batch.update({f"{loss}_targets": targets, f"{loss}_weights": weights})
+    return {k: v[None] for k, v in batch.items()}
+
+
+def losses(model_cfg, layout, batches, steps: int) -> tuple[list[float], dict]:
+    """The losses of ``steps`` updates, and each parameter's sharding spec and shard shape."""
+    t = init_training(model_cfg, OptimizerConfig(lr=3e-3), seed=0, layout=layout)
+    params, opt_state, out = t.params, t.opt_state, []
+    for i in range(steps):
+        params, opt_state, m = t.train_step(params, t.rest, opt_state, t.put_batch(batches[i % len(batches)]), 3e-3)
+        out.append(float(m["loss_nats"]))
+    shards = {}
+    for path, a in jax.tree_util.tree_leaves_with_path(params):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path if getattr(k, "name", None) != "value")
+        spec = [list(p) if isinstance(p, tuple) else p for p in getattr(a.sharding, "spec", ())]
+        shards[name] = {"shape": list(a.shape), "shard": list(a.addressable_shards[0].data.shape), "spec": spec}
+    moments = jax.tree.leaves(opt_state)
+    shards["__optimizer_moments_sharded_like_params__"] = all(
+        any(m.shape == p.shape and m.sharding == p.sharding for p in jax.tree.leaves(params)) for m in moments if m.ndim > 0
+    )
+    return out, shards
+
+
+def steps(spec: dict) -> dict:
+    cfg = load_model_config(spec["model"])
+    batches = [packed_batch(cfg, spec.get("rows", 8), spec.get("length", 32), seed) for seed in range(2)]
+    n = spec.get("steps", 3)
+    result = {"one": losses(cfg, None, batches, n)}
+    for name, mesh in spec["meshes"].items():
+        result[name] = losses(cfg, Layout.of(MeshConfig(**mesh)), batches, n)
+    return result
+
+
+def checkpoints(spec: dict) -> dict:
+    """Saves the training state of one mesh with the run's checkpoint manager and restores it
+    onto others (``"one"``: a single device): for each hop, whether every array came back equal
+    and placed as the target state's template says."""
+    from pathlib import Path
+
+    from archzoo.train.checkpoints import RunCheckpoints
+
+    cfg = load_model_config(spec["model"])
+    batch = packed_batch(cfg, 8, 32)
+
+    def state(mesh):
+        t = init_training(cfg, OptimizerConfig(lr=3e-3), seed=0, layout=None if mesh == "one" else Layout.of(MeshConfig(**mesh)))
+        return t, {"params": t.params, "opt_state": t.opt_state}
+
+    result = {}
+    for i, (source, target) in enumerate(spec["hops"]):
+        t, saved = state(source)
+        params, opt_state, _ = t.train_step(t.params, t.rest, t.opt_state, t.put_batch(batch), 3e-3)  # moments not zero
+        saved = {"params": params, "opt_state": opt_state}
+        manager = RunCheckpoints(Path(spec["dir"]) / str(i), keep=1)
+        manager.save(1, saved, {"step": 1})
+        manager.close()
+        _, template = state(target)
+        manager = RunCheckpoints(Path(spec["dir"]) / str(i), keep=1)
+        restored = manager.restore_latest(template).state
+        manager.close()
+        pairs = list(zip(jax.tree.leaves(saved), jax.tree.leaves(restored), jax.tree.leaves(template)))
+        result[f"{i}"] = {
+            "equal": all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b, _ in pairs),
+            "placed": all(b.sharding.is_equivalent_to(c.sharding, b.ndim) for _, b, c in pairs),
+            "devices": sorted({len(b.sharding.device_set) for _, b, _ in pairs}),
+        }
+    return result
+
+
+if __name__ == "__main__":
+    what, arg = sys.argv[1], json.loads(sys.argv[2])
+    print(json.dumps({"steps": steps, "checkpoints": checkpoints}[what](arg)))
