@@ -92,7 +92,9 @@ def _run(args) -> int:
     except (RunDirError, TrainingError) as e:
         print(f"archzoo run: error: {e}", file=sys.stderr)
         return 1
-    if not args.no_table:
+    import jax
+
+    if not args.no_table and jax.process_index() == 0:  # of several processes, the first writes
         from archzoo.analysis.runs import load_run
         from archzoo.analysis.table import comparison_table
 

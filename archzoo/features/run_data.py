@@ -63,8 +63,16 @@ def target_bytes(batches: list[dict], stream: str, tokenizer) -> int:
     return total
 
 
-def build_run_data(data_cfg, objective_cfg, model_cfg, train, *, accumulation_steps: int) -> RunData:
-    """The tokenizer, pipeline and validation batches of a run.
+def build_run_data(
+    data_cfg, objective_cfg, model_cfg, train, *, accumulation_steps: int, process_index: int | None = None, process_count: int | None = None
+) -> RunData:
+    """The tokenizer, pipeline and validation batches of a run, as one process of
+    ``process_count`` reads them (default: this process of ``jax.distributed``).
+
+    The process reads its own shard of the training documents and makes
+    ``train.batch_size / process_count`` rows per micro-batch, its part of the global batch.
+    Validation is the same for every process: all held-out documents, in batches of
+    ``train.batch_size`` rows (each process feeds its own block of each batch's rows).
 
     Args:
       data_cfg: the run's ``DataConfig`` (corpus, split, tokenizer).
@@ -72,6 +80,8 @@ def build_run_data(data_cfg, objective_cfg, model_cfg, train, *, accumulation_st
       model_cfg: its ``ModelConfig`` (family and vocabulary size).
       train: its ``TrainConfig`` (row lengths, chunk length, batch size, eval examples).
       accumulation_steps: micro-batches per step.
+      process_index, process_count: whose shard (None: ``jax.process_index()`` and
+        ``jax.process_count()``).
 
     Raises:
       ConfigError: the tokenizer's vocabulary does not fit ``model.vocab_size``, or rows are too
@@ -83,7 +93,11 @@ def build_run_data(data_cfg, objective_cfg, model_cfg, train, *, accumulation_st
     splits = load_splits(data_cfg)
     # The tokenizer sees every training document; each process then reads its own shard.
     tokenizer = build_tokenizer(data_cfg.tokenizer, splits.train)
-    splits = splits.shard(jax.process_index(), jax.process_count())
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if train.batch_size % count:
+        raise ConfigError(f"train.batch_size={train.batch_size} rows cannot be split evenly over {count} processes; make it a multiple of {count}")
+    mine = splits.shard(index, count)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ConfigError(
             f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
@@ -104,11 +118,11 @@ def build_run_data(data_cfg, objective_cfg, model_cfg, train, *, accumulation_st
 
     start_id = tokenizer.special.pad
     pipeline = Pipeline(
-        chunks(splits.train),
+        chunks(mine.train),
         objective,
         family,
         lengths,
-        train.batch_size,
+        train.batch_size // count,
         accumulation_steps,
         start_id,
         data_cfg.seed,

@@ -55,19 +55,25 @@ class RunCheckpoints:
     Args:
       directory: the folder (created if missing).
       keep: how many of the newest checkpoints to keep.
+      primary: whether this process tidies the folder (removes unfinished saves, writes the
+        checksum records, moves corrupted steps aside): process 0 of several, which all save
+        and restore their own shards through orbax.
     """
 
-    def __init__(self, directory: Path, keep: int):
+    def __init__(self, directory: Path, keep: int, *, primary: bool = True):
         self.directory = Path(directory).absolute()
+        self.primary = primary
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        if primary:
+            # what a kill during a save or its record leaves behind (orbax's own cleanup would
+            # run in a thread, racing the restore)
+            for name in ocp.step.tmp_checkpoints(self.directory) if self.directory.is_dir() else ():
+                shutil.rmtree(self.directory / name)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
-        # what a kill during a save or its record leaves behind (orbax's own cleanup would run
-        # in a thread, racing the restore)
-        for name in ocp.step.tmp_checkpoints(self.directory):
-            shutil.rmtree(self.directory / name)
-        for unfinished_record in self.directory.glob(f"*{RECORD_SUFFIX}.tmp"):
-            unfinished_record.unlink()
-        self._drop_orphan_records()
+        if primary:
+            for unfinished_record in self.directory.glob(f"*{RECORD_SUFFIX}.tmp"):
+                unfinished_record.unlink()
+            self._drop_orphan_records()
         self._sealer: threading.Thread | None = None
         self._sealer_error: BaseException | None = None
 
@@ -82,9 +88,12 @@ class RunCheckpoints:
         """Starts saving ``state`` (a pytree of arrays) and ``meta`` (JSON data) as ``step``; a
         thread seals the folder with its record as soon as orbax has finished it."""
         self._wait_for_seal()
-        record_path(self._step_folder(step)).unlink(missing_ok=True)
+        if self.primary:
+            record_path(self._step_folder(step)).unlink(missing_ok=True)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, force=True)
+        if not self.primary:
+            return
         # Sealing at once, not at the next save, keeps short the time a kill leaves the newest
         # checkpoint without a record.
         self._sealer = threading.Thread(target=self._seal, args=(step,), daemon=True)
@@ -172,7 +181,7 @@ class RunCheckpoints:
             if restored is None:
                 skipped.append((step, problem))
                 continue
-            for bad, why in skipped:
+            for bad, why in skipped if self.primary else ():
                 target = self._move_aside(bad)
                 _warn(
                     f"checkpoint step {bad} in {self.directory} is corrupted ({why}); "

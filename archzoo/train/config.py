@@ -29,6 +29,7 @@ from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig, check_seed
 from archzoo.models.ladder import LadderConfig, size_model
 from archzoo.objectives import ObjectiveConfig
+from archzoo.distributed import DistributedConfig
 from archzoo.sharding import MeshConfig
 from archzoo.tasks.config import EvalConfig
 from archzoo.train.optimizer import OptimizerConfig
@@ -152,6 +153,9 @@ class RunConfig:
       mesh: the device mesh and sharding rules (:class:`~archzoo.sharding.MeshConfig`); None:
         one device, the default one. Only the mesh changes between a laptop and a pod; a run
         resumes across a changed mesh (its checkpoints restore onto the new one).
+      distributed: how this process joins the others of a run of several processes
+        (:class:`~archzoo.distributed.DistributedConfig`; the ``ARCHZOO_*`` environment
+        variables override it); None: one process, unless the environment says otherwise.
     """
 
     name: str = "run"
@@ -165,6 +169,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig | None = None
     mesh: MeshConfig | None = None
+    distributed: DistributedConfig | None = None
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in (".", ".."):

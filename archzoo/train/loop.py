@@ -21,12 +21,13 @@ from flax import nnx
 
 from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError
+from archzoo.distributed import exchange, initialize
 from archzoo.features.run_data import RunData, build_run_data
 from archzoo.models import count_params
-from archzoo.sharding import Layout
+from archzoo.sharding import Layout, MeshConfig
 from archzoo.train.checkpoints import RunCheckpoints
 from archzoo.train.config import RunConfig, resolved
-from archzoo.train.flops import train_flops, train_flops_per_token
+from archzoo.train.flops import train_flops_per_token
 from archzoo.train.optimizer import learning_rate
 from archzoo.train.rundir import (
     MetricsWriter,
@@ -58,19 +59,6 @@ def _trim_to_target_budget(batch: dict, stream: str, allowed: int) -> dict:
     batch = dict(batch)
     batch[f"{stream}_weights"] = np.where(keep, flat, 0.0).reshape(w.shape).astype(w.dtype)
     return batch
-
-
-def _advance(counters: dict, batch: dict, cfg: RunConfig, stream: str) -> tuple[dict, int]:
-    """The budget counters after one step on ``batch``, and the tokens it processed."""
-    tokens = int(sum(np.count_nonzero(batch[f"{s.name}_segment_ids"]) for s in cfg.model.stacks))
-    micro_batches = ({k: v[a] for k, v in batch.items()} for a in range(cfg.optimizer.accumulation_steps))
-    counters = {
-        "step": counters["step"] + 1,
-        "target_tokens": counters["target_tokens"] + int(np.count_nonzero(batch[f"{stream}_weights"])),
-        "tokens": counters["tokens"] + tokens,
-        "flops": counters["flops"] + sum(train_flops(cfg.model, b) for b in micro_batches),
-    }
-    return counters, tokens
 
 
 def _layer_metrics(metrics: dict) -> dict:
@@ -129,11 +117,27 @@ def _task_evaluation(cfg: RunConfig):
 def _layout(cfg: RunConfig) -> Layout | None:
     """The run's mesh over every device (None without a ``mesh`` section), checked against the
     batch: its rows must split evenly over the mesh's batch axes and the processes."""
-    if cfg.mesh is None:
+    if cfg.mesh is None and jax.process_count() == 1:
         return None
-    layout = Layout.of(cfg.mesh)
+    layout = Layout.of(cfg.mesh or MeshConfig(data=-1))  # several processes: data parallel by default
     layout.check_rows(cfg.train.batch_size, "train.batch_size", jax.process_count())
     return layout
+
+
+def _own_pipeline_state(cfg: RunConfig, meta: dict, processes: int, me: int) -> dict:
+    """This process's data position from a checkpoint's metadata.
+
+    Raises:
+      ConfigError: the checkpoint was written by another number of processes (each read its own
+        shard of the documents, so the data order cannot go on with another count).
+    """
+    saved = meta.get("pipelines", [meta["pipeline"]])
+    if len(saved) != processes:
+        raise ConfigError(
+            f"{cfg.run_dir}: its checkpoints were written by {len(saved)} process{'es' if len(saved) > 1 else ''}, "
+            f"each reading its own shard of the data; resume it with {len(saved)} (this is {processes}), or pass --overwrite"
+        )
+    return saved[me]
 
 
 def _progress_bar(cfg: RunConfig, counters: dict, progress: bool | None):
@@ -189,9 +193,14 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
         written, or its config.yaml is broken.
       TrainingError: the loss became NaN or infinite.
     """
+    initialize(cfg.distributed)
+    if jax.process_index() != 0:  # process 0 holds and writes the directory; the others follow it
+        done = exchange("done", None)[0]
+        return done if done is not None else _train(cfg, overwrite, progress)
     with hold_run_dir(cfg.run_dir):
         config = resolved(cfg)
         done = None if overwrite else completed_summary(cfg.run_dir, config)
+        exchange("done", done)
         if done is not None:
             return done
         try:
@@ -202,12 +211,15 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
 
 
 def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
-    """:func:`train`, once this process holds the run directory."""
+    """:func:`train`, once process 0 holds the run directory (every process runs it)."""
     run_dir, budget = cfg.run_dir, cfg.budget
     wall_start = time.perf_counter()
-    if jax.process_count() > 1:
+    primary, processes = jax.process_index() == 0, jax.process_count()
+    layout = _layout(cfg)
+    if processes > 1 and cfg.eval is not None:
         raise ConfigError(
-            "archzoo run trains on one process; multi-host training (a mesh over several processes) is not wired into the loop yet"
+            "eval: task evaluation during training runs on one process; leave the eval section out of a run "
+            "of several processes and evaluate its checkpoints afterwards with archzoo eval"
         )
 
     # -- data, checked against the config before the run directory takes it ----------------------
@@ -215,17 +227,20 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps
     )
     evaluation = _task_evaluation(cfg)  # its tasks read (and checked) before the directory is taken
-    resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite)
-    clear_failure(run_dir)
-    data.tokenizer.save(run_dir / data.tokenizer.file_name)
+    if primary:
+        resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite)
+        clear_failure(run_dir)
+        data.tokenizer.save(run_dir / data.tokenizer.file_name)
+    resuming = exchange("prepared", resuming if primary else None)[0]
     pipeline, stream = data.pipeline, data.loss_stream
+    rows = cfg.train.batch_size // processes  # this process's block of each validation batch
+    me = jax.process_index()
 
     # -- model and optimizer, sharded over the mesh when the run has one ------------------------
-    layout = _layout(cfg)
     t = init_training(cfg.model, cfg.optimizer, seed=cfg.train.seed, layout=layout)
     graphdef, params, rest, opt_state = t.graphdef, t.params, t.rest, t.opt_state
     train_step, eval_step, put_batch, model = t.train_step, t.eval_step, t.put_batch, t.model
-    validation = [put_batch(b, 0) for b in data.validation]
+    validation = [put_batch({k: v[me * rows : (me + 1) * rows] for k, v in b.items()}, 0) for b in data.validation]
     moe = cfg.model.moe
     noisy = moe is not None and (moe.jitter > 0 or moe.noise > 0)
 
@@ -234,26 +249,26 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
 
     n = count_params(model)
     facts = _run_facts(cfg, data, n)
-    write_record(run_dir, facts)
+    if primary:
+        write_record(run_dir, facts)
 
     counters = {"step": 0, "target_tokens": 0, "tokens": 0, "flops": 0.0}
-    manager = RunCheckpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints)
+    manager = RunCheckpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints, primary=primary)
     restored = manager.restore_latest({"params": params, "opt_state": opt_state}) if resuming else None
     resume_step = restored.step if restored is not None else None
     if restored is not None:
         params, opt_state = restored.state["params"], restored.state["opt_state"]
         counters = restored.meta["counters"]
-        pipeline.restore(restored.meta["pipeline"])
+        pipeline.restore(_own_pipeline_state(cfg, restored.meta, processes, me))
         # the wall time of the attempts before, up to that checkpoint (none recorded before archzoo kept it)
         wall_start -= restored.meta.get("wall_seconds", 0.0)
-    writer = MetricsWriter(run_dir, resume_step if resume_step is not None else (0 if resuming else None))
+    writer = MetricsWriter(run_dir, resume_step if resume_step is not None else (0 if resuming else None)) if primary else None
 
     def save(step: int) -> None:
-        manager.save(
-            step,
-            {"params": params, "opt_state": opt_state},
-            {"counters": counters, "pipeline": pipeline.state(), "wall_seconds": time.perf_counter() - wall_start},
-        )
+        meta = {"counters": counters, "pipeline": pipeline.state(), "wall_seconds": time.perf_counter() - wall_start}
+        if processes > 1:  # each process's own position in its shard, in process order
+            meta["pipelines"] = exchange("pipeline", meta["pipeline"])
+        manager.save(step, {"params": params, "opt_state": opt_state}, meta)
 
     def evaluate() -> dict:
         if not data.validation:
@@ -277,9 +292,37 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         records, samples = evaluate_model(model, data.tokenizer, tasks, opts, start_id=data.special.pad, row_len=row_len, step=step)
         write_results(run_dir, records, samples, step)
 
+    per_token = train_flops_per_token(cfg.model, data.lengths)  # per real token of each stream
+
+    def advance(counters: dict, batch: dict, sigterm: bool) -> tuple[dict, dict, int, bool]:
+        """The counters after a step on ``batch`` (this process's rows; with several processes
+        the others' counts come through the coordinator), the batch trimmed to a target-token
+        budget, its real tokens, and whether any process was asked to stop."""
+        local = {
+            "targets": int(np.count_nonzero(batch[f"{stream}_weights"])),
+            "tokens": {s: int(np.count_nonzero(batch[f"{s}_segment_ids"])) for s in per_token},
+            "sigterm": sigterm,
+        }
+        every = exchange("step", local)
+        if budget.kind == "target_tokens":  # exactly the budget, in global row order: process 0's rows first
+            allowed = int(budget.value - counters["target_tokens"])
+            before = sum(c["targets"] for c in every[:me])
+            batch = _trim_to_target_budget(batch, stream, max(allowed - before, 0))
+            targets = min(sum(c["targets"] for c in every), allowed)
+        else:
+            targets = sum(c["targets"] for c in every)
+        tokens = {s: sum(c["tokens"][s] for c in every) for s in per_token}
+        counters = {
+            "step": counters["step"] + 1,
+            "target_tokens": counters["target_tokens"] + targets,
+            "tokens": counters["tokens"] + sum(tokens.values()),
+            "flops": counters["flops"] + float(sum(tokens[s] * per_token[s] for s in per_token)),
+        }
+        return counters, batch, sum(tokens.values()), any(c["sigterm"] for c in every)
+
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    bar = _progress_bar(cfg, counters, progress)
+    bar = _progress_bar(cfg, counters, progress) if primary else None
     last_eval: dict = {}
     stopped_by, val_step = None, None
     # The host never waits on the device for a step it has not dispatched the next one after: a
@@ -302,6 +345,8 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         return record
 
     def log(record: dict, last: bool = False) -> None:
+        if writer is None:  # only process 0 writes
+            return
         if record["step"] % cfg.train.log_every == 0 or last or "val_loss_nats" in record:
             writer.write(record)
         if bar is not None:
@@ -312,23 +357,21 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     try:
         # -- the loop -------------------------------------------------------------------------------
         while _budget_spent(budget.kind, counters) < budget.value:
-            batch = pipeline.next_batch()
-            if budget.kind == "target_tokens":
-                batch = _trim_to_target_budget(batch, stream, int(budget.value - counters["target_tokens"]))
             lr = learning_rate(cfg.optimizer, _budget_spent(budget.kind, counters) / budget.value)
             step = counters["step"] + 1
+            counters_after, batch, tokens, sigterm = advance(counters, pipeline.next_batch(), stop["sigterm"])
             dispatched = time.perf_counter()
             params, opt_state, metrics = train_step(params, rest, opt_state, put_batch(batch), lr, step_key(step))
             if pending is not None:
                 log(finish(pending))
                 pending = None
-            counters, tokens = _advance(counters, batch, cfg, stream)
+            counters = counters_after
             spent = {k: counters[k] for k in ("target_tokens", "tokens", "flops")}
             pending = (step, metrics, {"lr": lr, "counters": spent}, tokens, dispatched)
             # A SIGTERM ends the run at this step: saved, and scored for the summary. Its metrics
             # lines are the ones an uninterrupted run writes, so a resumed run's file equals one.
             done = _budget_spent(budget.kind, counters) >= budget.value
-            stopped_by = "sigterm" if stop["sigterm"] and not done else None  # at the last step: the budget
+            stopped_by = "sigterm" if sigterm and not done else None  # at the last step: the budget
             validate = step % cfg.train.eval_every == 0 or done or stopped_by
             checkpoint = step % cfg.train.checkpoint_every == 0 or done or stopped_by
             tasks = evaluation is not None and (step % (cfg.eval.every or cfg.train.checkpoint_every) == 0 or done)
@@ -353,7 +396,8 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         signal.signal(signal.SIGTERM, previous)
         if bar is not None:
             bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         manager.close()  # last: a failed save in flight raises here, after the rest is closed
 
     summary = {
@@ -371,5 +415,6 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         "val_step": val_step if last_eval else None,  # the step the validation numbers are from
         "wall_seconds": time.perf_counter() - wall_start,
     }
-    write_record(run_dir, facts, summary)
+    if primary:
+        write_record(run_dir, facts, summary)
     return summary
