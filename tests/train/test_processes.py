@@ -22,7 +22,7 @@ from archzoo.train.optimizer import learning_rate
 from archzoo.train.step import init_training
 from tests.train.test_runs import ROOT, config, metrics
 
-STEPS = 24
+STEPS = 12
 
 
 def free_port() -> int:
