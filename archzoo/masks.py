@@ -13,9 +13,12 @@ step ``t`` against a KV cache of length ``T``): only the facts passed in differ.
 
 A mask materialises to a dense boolean array ``[B, 1, Q, K]`` for the plain XLA path
 (:meth:`Mask.dense`) and classifies tiles of a block size as empty / partial / full
-(:meth:`Mask.tiles`) for fused kernels that skip empty tiles. When the facts are known to be in
-row order (``TokenFacts.ordered``), :attr:`Mask.lower_triangular` says so statically, and the
-attention backends skip the key blocks after each query block without looking at the data.
+(:meth:`Mask.tiles`, from per-block summaries of the facts) for fused kernels that skip empty
+tiles. :meth:`Mask.conjuncts` lists the terms of a conjunction, for kernels that take a mask as
+arguments (causal flags, windows, segment ids) rather than as an array. When the facts are
+known to be in row order (``TokenFacts.ordered``), :attr:`Mask.lower_triangular` says so
+statically, and the attention backends skip the key blocks after each query block without
+looking at the data.
 
 Shapes: ``B`` batch, ``Q`` query length, ``K`` key length.
 """
@@ -23,6 +26,8 @@ Shapes: ``B`` batch, ``Q`` query length, ``K`` key length.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -369,8 +374,47 @@ class Mask:
         """Bool ``[B, 1, Q, K]``, broadcastable over heads."""
         return self.allowed()[:, None]
 
-    def tiles(self, block_q: int, block_k: int) -> jax.Array:
+    def conjuncts(self) -> tuple[tuple[int, tuple], ...] | None:
+        """Static: the ``(side, term)`` pairs the mask is a conjunction of, or None when its
+        expression holds ``|`` or ``~``.
+
+        ``side`` indexes :attr:`sides` (the facts the term reads) and ``term`` is a primitive's
+        expression, e.g. ``causal(f) & sliding_window(4, f) & same_segment(f)`` gives
+        ``((0, ("causal",)), (0, ("sliding_window", 4)), (0, ("same_segment",)))``. Fused
+        kernels read it to decide what they can express.
+        """
+        terms = []
+
+        def walk(expr, side):
+            op = expr[0]
+            if op == "facts":
+                return walk(expr[2], expr[1])
+            if op == "and":
+                return walk(expr[1], side) and walk(expr[2], side)
+            if op in ("or", "not"):
+                return False
+            terms.append((side, expr))
+            return True
+
+        return tuple(terms) if walk(self.expr, 0) else None
+
+    def tiles(self, block_q: int, block_k: int, *, exact: bool = False) -> jax.Array:
         """Classifies ``block_q x block_k`` tiles of the mask.
+
+        By default from per-block summaries of the facts (min and max of positions and of the
+        real segment ids, any and all of padding and ``is_input``), term by term, without the
+        dense mask: ``&`` takes the smaller class, ``|`` the larger, ``~`` swaps empty and full.
+        That is conservative: a tile may come out partial when it is full or empty, never empty
+        when a cell is allowed nor full when one is masked. ``causal``, ``not_padding``,
+        ``full`` and ``same_segment`` over ids that rise along the row (as packing numbers
+        them) come out exact; for ``causal & same_segment`` over ordered self-attention facts,
+        the tiles after the diagonal are empty unless both blocks hold padding (padding
+        positions promise no order).
+
+        Args:
+          block_q, block_k: tile height (queries) and width (keys).
+          exact: classify from the dense mask instead (the reference the summaries are
+            tested against).
 
         Returns:
           int8 ``[B, ceil(Q / block_q), ceil(K / block_k)]`` with :data:`TILE_EMPTY` (nothing
@@ -380,13 +424,149 @@ class Mask:
         """
         if block_q < 1 or block_k < 1:
             raise ValueError(f"tiles(): block sizes must be positive; got block_q={block_q}, block_k={block_k}")
-        B, Q, K = self.shape
-        nq, nk = -(-Q // block_q), -(-K // block_k)
-        allowed = self.allowed()
-        pad = ((0, 0), (0, nq * block_q - Q), (0, nk * block_k - K))
-        tiles_any = jnp.pad(allowed, pad, constant_values=False).reshape(B, nq, block_q, nk, block_k).any(axis=(2, 4))
-        tiles_all = jnp.pad(allowed, pad, constant_values=True).reshape(B, nq, block_q, nk, block_k).all(axis=(2, 4))
-        return jnp.where(tiles_all, TILE_FULL, jnp.where(tiles_any, TILE_PARTIAL, TILE_EMPTY)).astype(jnp.int8)
+        if exact:
+            return _dense_tiles(self.allowed(), block_q, block_k)
+        return _summary_tiles_of(self, block_q, block_k)
+
+
+def _summary_tiles_of(mask: Mask, block_q: int, block_k: int) -> jax.Array:
+    """:meth:`Mask.tiles` from block summaries."""
+    B, Q, K = mask.shape
+    sides = tuple((_block_summary(q, block_q, 2), _block_summary(k, block_k, 1)) for q, k in mask.sides)
+    tiles = _summary_tiles(mask.expr, sides)
+    # Ordered self-attention under causal & same_segment: a key after its query in the row is
+    # allowed only between padding tokens (positions rise inside every real example).
+    nq, nk = -(-Q // block_q), -(-K // block_k)
+    last_q = np.minimum((np.arange(nq) + 1) * block_q, Q) - 1
+    after = jnp.asarray(np.arange(nk)[None, :] * block_k > last_q[:, None])
+    found = {}
+    for side, op in _conjuncts(mask.expr, 0):
+        if mask.self_attention[side] and mask.sides[side][0].ordered:
+            found.setdefault(side, set()).add("order" if op in ("causal", "sliding_window") else op)
+    for side, ops in found.items():
+        if {"order", "same_segment"} <= ops:
+            tiles = _empty_after(tiles, *sides[side], after)
+    return jnp.broadcast_to(tiles, (B, nq, nk)).astype(jnp.int8)
+
+
+@jax.jit
+def _empty_after(tiles, q: _Summary, k: _Summary, after):
+    return jnp.where(after & ~(q.zero_any & k.zero_any), TILE_EMPTY, tiles)
+
+
+def _dense_tiles(allowed_BQK: jax.Array, block_q: int, block_k: int) -> jax.Array:
+    """Tile classes of a dense mask: empty if no cell is allowed, full if every cell is."""
+    B, Q, K = allowed_BQK.shape
+    nq, nk = -(-Q // block_q), -(-K // block_k)
+    pad = ((0, 0), (0, nq * block_q - Q), (0, nk * block_k - K))
+    tiles_any = jnp.pad(allowed_BQK, pad, constant_values=False).reshape(B, nq, block_q, nk, block_k).any(axis=(2, 4))
+    tiles_all = jnp.pad(allowed_BQK, pad, constant_values=True).reshape(B, nq, block_q, nk, block_k).all(axis=(2, 4))
+    return jnp.where(tiles_all, TILE_FULL, jnp.where(tiles_any, TILE_PARTIAL, TILE_EMPTY)).astype(jnp.int8)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Summary:
+    """Per-block facts over the block's tokens (a ragged last block summarises only the tokens
+    it has), each ``[B, n, 1]`` for query blocks or ``[B, 1, n]`` for key blocks. Segment ids
+    are summarised over the real tokens, padding apart, so a block ending in padding still says
+    which example it holds."""
+
+    id_min: jax.Array  # of the non-padding segment ids; int32 max when there are none
+    id_max: jax.Array
+    zero_any: jax.Array  # some token is padding
+    zero_all: jax.Array
+    pos_min: jax.Array
+    pos_max: jax.Array
+    input_any: jax.Array
+    input_all: jax.Array
+
+
+# The summary helpers are compiled, each once per shape: op by op, a first call on new shapes
+# spent most of its time compiling dozens of tiny ops.
+@partial(jax.jit, static_argnums=(1, 2))
+def _block_summary(f: TokenFacts, block: int, axis: int) -> _Summary:
+    """Summaries of the ``block``-token blocks of ``f``, their axis of length 1 at ``axis``."""
+    B, L = f.shape
+    n = -(-L // block)
+
+    def blocks(a, fill):  # [2, B, L] -> [2, B, n, block], the ragged end filled
+        return jnp.pad(a, ((0, 0), (0, 0), (0, n * block - L)), constant_values=fill).reshape(*a.shape[:2], n, block)
+
+    big, small = np.iinfo(np.int32).max, np.iinfo(np.int32).min
+    seg, pos = f.segment_ids.astype(jnp.int32), f.positions.astype(jnp.int32)
+    zero = seg == 0
+    lows = blocks(jnp.stack([jnp.where(zero, big, seg), pos]), big).min(-1)
+    highs = blocks(jnp.stack([jnp.where(zero, small, seg), pos]), small).max(-1)
+    flags = jnp.stack([zero, f.is_input])
+    some, every = blocks(flags, False).any(-1), blocks(flags, True).all(-1)
+    fields = (lows[0], highs[0], some[0], every[0], lows[1], highs[1], some[1], every[1])
+    return _Summary(*(jnp.expand_dims(a, axis) for a in fields))
+
+
+def _tile_class(full, empty):
+    return jnp.where(full, TILE_FULL, jnp.where(empty, TILE_EMPTY, TILE_PARTIAL)).astype(jnp.int8)
+
+
+@jax.jit
+def _causal_tiles(q: _Summary, k: _Summary):
+    # every key position <= every query position, or every one after
+    return _tile_class(k.pos_max <= q.pos_min, k.pos_min > q.pos_max)
+
+
+@partial(jax.jit, static_argnums=2)
+def _window_tiles(q: _Summary, k: _Summary, w: int):
+    window = _tile_class(k.pos_min > q.pos_max - w, k.pos_max <= q.pos_min - w)
+    return jnp.minimum(_causal_tiles(q, k), window)
+
+
+@jax.jit
+def _prefix_tiles(q: _Summary, k: _Summary):
+    inputs = _tile_class(q.input_all & k.input_all, ~q.input_any | ~k.input_any)
+    return jnp.maximum(_causal_tiles(q, k), inputs)
+
+
+@jax.jit
+def _segment_tiles(q: _Summary, k: _Summary):
+    one_id = (q.id_min == q.id_max) & (k.id_min == k.id_max) & (q.id_min == k.id_min)
+    full = (q.zero_all & k.zero_all) | (~q.zero_any & ~k.zero_any & one_id)
+    no_common_id = (q.id_max < k.id_min) | (k.id_max < q.id_min)
+    return _tile_class(full, no_common_id & ~(q.zero_any & k.zero_any))
+
+
+@jax.jit
+def _real_tiles(q: _Summary, k: _Summary):
+    return _tile_class(~q.zero_any & ~k.zero_any, q.zero_all | k.zero_all)
+
+
+def _summary_tiles(expr: tuple, sides: tuple, side: int = 0) -> jax.Array:
+    """Tile classes ``[B, nq, nk]`` of ``expr`` from block summaries: ``sides[i]`` is the
+    broadcast ``(q [B, nq, 1], k [B, 1, nk])`` summary of the i-th facts."""
+    op = expr[0]
+    if op == "facts":
+        return _summary_tiles(expr[2], sides, expr[1])
+    if op == "and":
+        return jnp.minimum(_summary_tiles(expr[1], sides, side), _summary_tiles(expr[2], sides, side))
+    if op == "or":
+        return jnp.maximum(_summary_tiles(expr[1], sides, side), _summary_tiles(expr[2], sides, side))
+    if op == "not":
+        return (TILE_FULL - _summary_tiles(expr[1], sides, side)).astype(jnp.int8)
+    q, k = sides[side]
+    if op == "full":
+        return jnp.full(jnp.broadcast_shapes(q.pos_min.shape, k.pos_min.shape), TILE_FULL, jnp.int8)
+    if op == "causal":
+        return _causal_tiles(q, k)
+    if op == "sliding_window":
+        return _window_tiles(q, k, expr[1])
+    if op == "prefix":
+        return _prefix_tiles(q, k)
+    if op == "same_segment":
+        return _segment_tiles(q, k)
+    if op == "not_padding":
+        return _real_tiles(q, k)
+    if op == "cross":  # q == k and k != 0 is exactly same_segment & not_padding
+        return jnp.minimum(_segment_tiles(q, k), _real_tiles(q, k))
+    raise AssertionError(op)
 
 
 def _check_same_facts(a: Mask, b: Mask) -> None:

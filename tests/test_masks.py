@@ -423,6 +423,25 @@ def test_default_positions_restart_per_segment():
 # -- tiles ----------------------------------------------------------------------------------------
 
 
+def tiles_by_definition(dense: np.ndarray, block_q: int, block_k: int) -> np.ndarray:
+    """Int [B, nq, nk] tile classes from a dense bool mask, cell by cell."""
+    B, Q, K = dense.shape
+    nq, nk = -(-Q // block_q), -(-K // block_k)
+    out = np.zeros((B, nq, nk), int)
+    for b in range(B):
+        for i in range(nq):
+            for j in range(nk):
+                cells = [dense[b, q, k] for q in range(i * block_q, min(Q, (i + 1) * block_q)) for k in range(j * block_k, min(K, (j + 1) * block_k))]
+                out[b, i, j] = TILE_FULL if all(cells) else (TILE_EMPTY if not any(cells) else TILE_PARTIAL)
+    return out
+
+
+def assert_conservative(summary: np.ndarray, want: np.ndarray) -> None:
+    """A summary tile may be partial where the truth is empty or full, nothing else."""
+    wrong = (summary != want) & (summary != TILE_PARTIAL)
+    assert not wrong.any(), list(zip(*np.nonzero(wrong)))
+
+
 @settings(max_examples=30, deadline=None)
 @given(data=st.data(), expr=expressions(3), block_q=st.integers(1, 4), block_k=st.integers(1, 6))
 def test_tiles_agree_with_dense(data, expr, block_q, block_k):
@@ -431,17 +450,67 @@ def test_tiles_agree_with_dense(data, expr, block_q, block_k):
     qf = data.draw(packed_batch(batch=2, length=7))
     kf = data.draw(packed_batch(batch=2, length=11))
     m = build(expr, to_facts(qf), to_facts(kf))
-    dense = np.asarray(m.dense())[:, 0]
-    tiles = np.asarray(m.tiles(block_q, block_k))
-    B, Q, K = dense.shape
-    nq, nk = -(-Q // block_q), -(-K // block_k)
-    assert tiles.shape == (B, nq, nk)
-    for b in range(B):
-        for i in range(nq):
-            for j in range(nk):
-                cells = [dense[b, q, k] for q in range(i * block_q, min(Q, (i + 1) * block_q)) for k in range(j * block_k, min(K, (j + 1) * block_k))]
-                want = TILE_FULL if all(cells) else (TILE_EMPTY if not any(cells) else TILE_PARTIAL)
-                assert tiles[b, i, j] == want, (b, i, j, cells)
+    want = tiles_by_definition(np.asarray(m.dense())[:, 0], block_q, block_k)
+    np.testing.assert_array_equal(np.asarray(m.tiles(block_q, block_k, exact=True)), want)
+
+
+# Each kind and a few compositions. One shape and tile size for all the summary tests (3 x 4 tiles
+# over 11 tokens, ragged both ways) keeps XLA from compiling the summaries again.
+SUMMARISED = [(p,) for p in PRIMITIVES] + [("cross",), ("window", 2)] + [
+    COMPOSITIONS[name]
+    for name in ("causal & same_segment", "prefix & same_segment & not_padding", "~causal | full", "(causal | prefix) & ~not_padding")
+]
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_tile_summaries_are_conservative(data):
+    """Queries and keys from different facts."""
+    q = to_facts(data.draw(packed_batch(batch=2, length=11)))
+    k = to_facts(data.draw(packed_batch(batch=2, length=11)))
+    for expr in SUMMARISED:
+        m = build(expr, q, k)
+        assert_conservative(np.asarray(m.tiles(3, 4)), tiles_by_definition(np.asarray(m.allowed()), 3, 4))
+
+
+@settings(max_examples=10, deadline=None)
+@given(f=packed_batch(batch=2, length=11))
+def test_tile_summaries_of_packed_causal_rows(f):
+    """``causal & same_segment`` (and with a window) over ordered self-attention facts:
+    conservative; every tile after the diagonal is empty unless both its blocks hold padding;
+    without a window, every tile before the diagonal inside one example is full."""
+    block_q, block_k = 3, 4
+    facts = to_facts(f)
+    assert facts.ordered
+    causal = masks.causal(facts) & masks.same_segment(facts)
+    seg = np.asarray(f["seg"])
+    L = seg.shape[1]
+    for m in (causal, causal & masks.sliding_window(3, facts)):
+        want = tiles_by_definition(np.asarray(m.allowed()), block_q, block_k)
+        summary = np.asarray(m.tiles(block_q, block_k))
+        assert_conservative(summary, want)
+        for b, i, j in np.ndindex(*want.shape):
+            qs, ks = seg[b, i * block_q : (i + 1) * block_q], seg[b, j * block_k : (j + 1) * block_k]
+            q_last, k_first, k_last = min(L, (i + 1) * block_q) - 1, j * block_k, min(L, (j + 1) * block_k) - 1
+            if k_first > q_last and not (0 in qs and 0 in ks):
+                assert summary[b, i, j] == TILE_EMPTY, (b, i, j)
+            one_example = len(set(qs) | set(ks)) == 1 and qs[0] != 0
+            if m is causal and k_last < i * block_q and one_example:
+                assert summary[b, i, j] == TILE_FULL, (b, i, j)
+
+
+def test_tile_summaries_of_a_packed_row_through_a_pytree_round_trip():
+    """Row 0 packs three examples and padding (``1 1 1 1 2 2 2 2 3 0 0``), row 1 is one
+    example; 3 x 4 tiles. The order promise the summaries read is static: a mask flattened and
+    rebuilt, as ``jax.jit`` does with its arguments, answers the same."""
+    f = masks.facts(np.array([[1, 1, 1, 1, 2, 2, 2, 2, 3, 0, 0], [1] * 11]))
+    m = masks.causal(f) & masks.same_segment(f)
+    P, E, F = TILE_PARTIAL, TILE_EMPTY, TILE_FULL
+    want = [[[P, E, E], [P, P, E], [E, P, P], [E, E, P]], [[P, E, E], [F, P, E], [F, P, P], [F, F, P]]]
+    np.testing.assert_array_equal(np.asarray(m.tiles(3, 4)), want)
+    np.testing.assert_array_equal(np.asarray(m.tiles(3, 4, exact=True)), want)
+    again = jax.tree.unflatten(*reversed(jax.tree.flatten(m)))
+    np.testing.assert_array_equal(np.asarray(again.tiles(3, 4)), want)
 
 
 def test_tiles_of_a_causal_mask():
@@ -600,6 +669,15 @@ def test_cross_and_sliding_window_reject_arrays_in_place_of_facts():
         masks.cross(f, {"segment_ids": np.ones((1, 4))})
     with pytest.raises(TypeError, match="TokenFacts"):
         masks.sliding_window(2, np.ones((1, 4)))
+
+
+def test_conjuncts_list_the_terms_and_the_facts_they_read():
+    f, g = masks.facts(shape=(1, 6)), masks.facts(shape=(1, 6))
+    m = masks.causal(f) & masks.sliding_window(4, f) & masks.same_segment(f)
+    assert m.conjuncts() == ((0, ("causal",)), (0, ("sliding_window", 4)), (0, ("same_segment",)))
+    assert (masks.causal(f) & masks.same_segment(g)).conjuncts() == ((0, ("causal",)), (1, ("same_segment",)))
+    assert (masks.causal(f) | masks.full(f)).conjuncts() is None
+    assert (masks.causal(f) & ~masks.same_segment(f)).conjuncts() is None
 
 
 def test_tiles_reject_non_positive_blocks():

@@ -27,8 +27,13 @@ class AttentionConfig:
       sliding_window: keys with ``q - w < k <= q`` only (Mistral); None = unlimited.
       qk_norm: normalise queries and keys (the model's norm kind and eps) before RoPE:
         ``full`` over all heads together (OLMoE), ``head`` over each head (OLMo 2, Qwen 3), None.
-      backend: ``xla`` (einsum + dense mask), ``jax`` (jax.nn.dot_product_attention, XLA
-        implementation) or ``cudnn`` (jax.nn.dot_product_attention with cuDNN, GPU only).
+      backend: ``auto`` (default): per call, cuDNN on an NVIDIA GPU or splash attention on a
+        TPU where the mask translates into that kernel's arguments without a check on the data
+        and the inputs fit it, else ``xla``; on CPU exactly ``xla``. Forced: ``xla`` (einsum +
+        dense mask), ``jax`` (jax.nn.dot_product_attention, XLA implementation), ``cudnn``
+        (GPU only) or ``splash`` (TPU only): the mask's structure goes to the fused kernel,
+        checked on device where it assumes a layout of the facts; masks the kernel cannot say
+        and inputs it does not take go to ``xla``; off their platform they refuse to run.
     """
 
     num_heads: int = 4
@@ -39,7 +44,7 @@ class AttentionConfig:
     scale: bool = True
     sliding_window: int | None = None
     qk_norm: Literal["full", "head"] | None = None
-    backend: Literal["xla", "jax", "cudnn"] = "xla"
+    backend: Literal["auto", "xla", "jax", "cudnn", "splash"] = "auto"
 
     def __post_init__(self):
         if self.num_heads < 1:

@@ -13,6 +13,13 @@ causal self-attention over packed rows in order), the ``xla`` and ``jax`` backen
 queries into blocks of :data:`CAUSAL_BLOCK` and let each block attend only to the keys up to
 its end, skipping the key blocks that the mask empties anyway: at 256 tokens and blocks of 128,
 a quarter of the attention work. Outputs at non-padding queries are the same as the dense path.
+
+The ``cudnn`` and ``splash`` backends hand the mask's structure to a fused kernel
+(:mod:`archzoo.layers.cudnn`, :mod:`archzoo.layers.splash`) and give the masks it cannot say
+to ``xla``; where a translation assumes a layout of the facts that only the data can confirm
+(one example per row for cuDNN's lengths), they branch on device between the kernel and
+``xla``. ``auto`` picks when tracing, without such a branch: ``cudnn`` on GPU and ``splash`` on
+TPU where the mask translates and the inputs fit the kernel, ``xla`` otherwise (always on CPU).
 """
 
 from __future__ import annotations
@@ -23,9 +30,18 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
+from archzoo.layers import cudnn, splash
 from archzoo.masks import Mask
 
-__all__ = ["xla_attention", "jax_attention", "BACKENDS", "CAUSAL_BLOCK"]
+__all__ = [
+    "xla_attention",
+    "jax_attention",
+    "cudnn_attention",
+    "splash_attention",
+    "auto_attention",
+    "BACKENDS",
+    "CAUSAL_BLOCK",
+]
 
 # Query block of the causal path; rows no longer than one block take the dense path.
 CAUSAL_BLOCK = 128
@@ -94,14 +110,9 @@ def _attention_bwd(scale, residuals, g_BQHD):
 _xla_core.defvjp(_attention_fwd, _attention_bwd)
 
 
-def _dot_product_core(implementation):
-    def core(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale: float):
-        bias = None if bias_BHQK is None else bias_BHQK.astype(q_BQHD.dtype)
-        return jax.nn.dot_product_attention(
-            q_BQHD, k_BKGD, v_BKGD, bias=bias, mask=allowed_BQK[:, None], scale=scale, implementation=implementation
-        )
-
-    return core
+def _dot_product_core(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale: float):
+    bias = None if bias_BHQK is None else bias_BHQK.astype(q_BQHD.dtype)
+    return jax.nn.dot_product_attention(q_BQHD, k_BKGD, v_BKGD, bias=bias, mask=allowed_BQK[:, None], scale=scale)
 
 
 def _attend(core, q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
@@ -138,12 +149,82 @@ def xla_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
 
 def jax_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     """``jax.nn.dot_product_attention`` (default implementation)."""
-    return _attend(_dot_product_core(None), q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+    return _attend(_dot_product_core, q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+
+
+def _guarded(holds, kernel, fallback):
+    """``kernel()`` where the translated arguments hold for this batch, else ``fallback()``:
+    decided now when ``holds`` is known, on device when it depends on traced facts."""
+    if holds is True:
+        return kernel()
+    return jax.lax.cond(holds, kernel, fallback)
+
+
+def _require(platform: str, backend: str) -> None:
+    found = jax.default_backend()
+    if found != platform:
+        kind = {"gpu": "an NVIDIA GPU", "tpu": "a TPU"}[platform]
+        raise RuntimeError(
+            f"attention.backend={backend} needs {kind}, but JAX runs on {found}; "
+            "set attention.backend to auto (picks the kernel the platform has) or xla"
+        )
 
 
 def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
-    """``jax.nn.dot_product_attention`` with ``implementation="cudnn"`` (NVIDIA GPUs)."""
-    return _attend(_dot_product_core("cudnn"), q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+    """cuDNN fused attention (NVIDIA GPUs) told the mask as :func:`archzoo.layers.cudnn.translate`
+    arguments; masks it cannot say (packed rows, ``prefix``, ...) and inputs it does not take
+    (float32, odd head widths) take the ``xla`` path.
+
+    Raises:
+      RuntimeError: off GPU, naming ``attention.backend``.
+    """
+    _require("gpu", "cudnn")
+    translated = cudnn.translate(mask)
+    fallback = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+    if translated is None or not cudnn.supports(q_BQHD):
+        return fallback()
+    kernel = lambda: cudnn.attend(q_BQHD, k_BKGD, v_BKGD, translated, bias_BHQK, scale)
+    return _guarded(translated.holds, kernel, fallback)
 
 
-BACKENDS = {"xla": xla_attention, "jax": jax_attention, "cudnn": cudnn_attention}
+def splash_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
+    """TPU splash attention told the mask as :func:`archzoo.layers.splash.translate` arguments;
+    masks it cannot say (``prefix``, cross-attention, ...) and logit biases take the ``xla``
+    path.
+
+    Raises:
+      RuntimeError: off TPU, naming ``attention.backend``.
+    """
+    _require("tpu", "splash")
+    translated = splash.translate(mask)
+    fallback = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+    if translated is None or not splash.supports(q_BQHD, k_BKGD, bias_BHQK):
+        return fallback()
+    kernel = lambda: splash.attend(q_BQHD, k_BKGD, v_BKGD, translated, scale)
+    return _guarded(translated.holds, kernel, fallback)
+
+
+def auto_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
+    """cuDNN on GPU, splash on TPU, where the mask translates and is known to hold when traced
+    (auto never branches on the data: a translation that assumes a layout of traced facts
+    goes to ``xla``) and the inputs fit the kernel; ``xla`` otherwise, so on CPU it is ``xla``.
+    A logit bias (ALiBi, T5) keeps to ``xla`` on GPU too: cuDNN's bias gradient is unverified."""
+    platform = jax.default_backend()
+    if platform == "gpu" and cudnn.supports(q_BQHD) and bias_BHQK is None:
+        translated = cudnn.translate(mask)
+        if translated is not None and translated.holds is True:
+            return cudnn.attend(q_BQHD, k_BKGD, v_BKGD, translated, bias_BHQK, scale)
+    if platform == "tpu" and splash.supports(q_BQHD, k_BKGD, bias_BHQK):
+        translated = splash.translate(mask)
+        if translated is not None and translated.holds is True:
+            return splash.attend(q_BQHD, k_BKGD, v_BKGD, translated, scale)
+    return xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+
+
+BACKENDS = {
+    "auto": auto_attention,
+    "xla": xla_attention,
+    "jax": jax_attention,
+    "cudnn": cudnn_attention,
+    "splash": splash_attention,
+}

@@ -154,3 +154,21 @@ def test_a_mask_passed_into_jit_keeps_the_causal_block_path(monkeypatch):
     seen.clear()
     attend(q, k, v, packed_causal(ordered=False))
     assert seen == [(10, 10)]
+
+
+def test_auto_on_cpu_is_the_xla_backend_bit_for_bit(monkeypatch):
+    """The default backend: on CPU the very program of ``xla``, forward and backward, through the
+    causal block path and with a bias (one program, so the same numbers to the last bit)."""
+    assert jax.default_backend() == "cpu"
+    monkeypatch.setattr(kernels, "CAUSAL_BLOCK", 4)
+    mask = packed_causal(ordered=True)
+    q, k, v, bias, g = inputs(2, B)
+
+    def program(backend):
+        def f(q, k, v, bias):
+            out, pull = jax.vjp(lambda *a: backend(*a, mask, bias, Dh**-0.5), q, k, v)
+            return out, pull(g)
+
+        return str(jax.make_jaxpr(f)(q, k, v, bias))
+
+    assert program(kernels.auto_attention) == program(xla_attention)
