@@ -1,5 +1,6 @@
-"""Speed benchmarks (``archzoo bench train``): tokens/s, step time, compile time and model FLOPs
-utilisation against the float32 matmul peak measured on the same machine in the same run.
+"""Speed benchmarks (``archzoo bench train``): tokens/s, step time, compile time, model FLOPs
+utilisation against the float32 matmul peak measured on the same machine in the same run, and
+the training step's peak memory.
 
 Benchmarks print figures; tests never check wall-clock time.
 """
@@ -16,9 +17,9 @@ import numpy as np
 from archzoo.models import build, count_params, load_model_config
 from archzoo.train.flops import feed_forward_params, train_flops
 from archzoo.train.optimizer import OptimizerConfig
-from archzoo.train.step import time_train_steps
+from archzoo.train.step import make_train_step, split_model
 
-__all__ = ["matmul_peak_flops", "bench_train", "bench_moe_layer", "moe_variants", "DEFAULT_MODEL"]
+__all__ = ["matmul_peak_flops", "bench_train", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "DEFAULT_MODEL"]
 
 # GPT-2-style: vocab 256, d_model 256, 4 layers, 4 heads, context 256 (batch 16, float32, AdamW).
 DEFAULT_MODEL = dict(
@@ -65,30 +66,57 @@ def _synthetic_batch(cfg, batch: int, length: int, prefix: bool) -> dict:
 
 
 def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 10, peak: float | None = None) -> dict:
-    """Times ``steps`` jitted training steps (after a first, compiling one).
+    """Times ``steps`` training steps of one compiled step (after a first, compiling one).
 
     Returns:
       ``tokens_per_s``, ``step_s``, ``first_step_s`` (trace + compile + run), ``model_flops``
-      per step (active parameters: an MoE layer's chosen experts and router), ``mfu`` (fraction
-      of ``peak``), ``params``, ``active_params``.
+      per step (active parameters: an MoE layer's chosen experts and router; recomputation
+      under ``remat`` is not model FLOPs), ``mfu`` (fraction of ``peak``), ``params``,
+      ``active_params``, ``remat`` (the model's policy), ``peak_bytes`` (what the compiled step
+      needs: :func:`compiled_peak_bytes`) and ``device_peak_bytes`` (the device allocator's
+      high-water mark since the process started, where the device reports one (GPUs); else None).
     """
     cfg = load_model_config(model_cfg)
     data = _synthetic_batch(cfg, batch, length, prefix=cfg.mask == "prefix")
     data = {k: jnp.asarray(v) for k, v in data.items()}
-    first, times = time_train_steps(build(cfg, seed=0), OptimizerConfig(lr=1e-3), data, steps, 1e-3)
-    step_s = float(np.median(times))
+    graphdef, params, rest = split_model(build(cfg, seed=0))
+    lr = 1e-3
+    step, tx = make_train_step(graphdef, OptimizerConfig(lr=lr))
+    opt_state = tx.init(params)
+    times = []
+    t0 = time.perf_counter()
+    compiled = step.lower(params, rest, opt_state, data, lr).compile()  # once: timed and measured
+    for _ in range(steps + 1):  # the first time also counts tracing and compiling
+        params, opt_state, metrics = compiled(params, rest, opt_state, data, lr)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+    step_s = float(np.median(times[1:]))
     tokens = batch * length * len(cfg.stacks)
     flops = train_flops(cfg, {k: np.asarray(v[0]) for k, v in data.items()})
     n = count_params(cfg)
+    stats = jax.devices()[0].memory_stats() or {}
     return {
         "params": n.total,
         "active_params": n.active,
+        "remat": cfg.remat,
         "tokens_per_s": tokens / step_s,
         "step_s": step_s,
-        "first_step_s": first,
+        "first_step_s": times[0],
         "model_flops": flops,
         "mfu": flops / step_s / peak if peak else float("nan"),
+        "peak_bytes": compiled_peak_bytes(compiled),
+        "device_peak_bytes": stats.get("peak_bytes_in_use"),
     }
+
+
+def compiled_peak_bytes(compiled) -> int:
+    """Bytes a compiled function holds at its peak, from XLA's memory analysis: its arguments
+    (live for the whole call), its outputs, and its temporaries (one block, laid out by XLA's
+    buffer assignment: buffers never live at the same time share bytes), less the outputs written
+    into donated arguments (counted among both arguments and outputs)."""
+    m = compiled.memory_analysis()
+    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
 
 
 def _time(fn, *args, steps: int) -> tuple[float, float]:

@@ -283,11 +283,11 @@ def _lm_eval(lm_eval_args: list[str]) -> int:
 
 
 def _bench(args) -> int:
+    import jax
+
     from archzoo.bench import DEFAULT_MODEL, bench_train, matmul_peak_flops
     from archzoo.models import load_model_config
 
-    peak = matmul_peak_flops()
-    print(f"float32 matmul peak (2048x2048, best of 10): {peak / 1e9:,.1f} GFLOP/s")
     if args.config:
         variants = [(Path(args.config).stem, load_model_config(args.config, args.overrides))]
     else:
@@ -297,11 +297,29 @@ def _bench(args) -> int:
             ("prefix decoder", base.replace(mask="prefix")),
             ("encoder-decoder", base.replace(family="encoder_decoder", num_layers=2, num_encoder_layers=2)),
         ]
+    if args.remat:  # every policy checked (as model.remat) before the first benchmark starts
+        variants = [(name, load_model_config(cfg, [f"remat={p}"])) for name, cfg in variants for p in args.remat.split(",")]
+    peak = matmul_peak_flops()
+    print(f"float32 matmul peak (2048x2048, best of 10): {peak / 1e9:,.1f} GFLOP/s")
     print(f"batch {args.batch_size} x length {args.length}, float32, AdamW; step time is the median of {args.steps} steps")
-    print(f"{'model':<18}{'params':>12}{'tokens/s':>12}{'step (ms)':>11}{'first step (s)':>16}{'MFU':>8}")
+    device = jax.devices()[0].memory_stats() is not None  # GPUs report their allocator's figures
+    print(
+        "peak: what the compiled step holds (arguments + outputs + temporaries - donated buffers, XLA's memory analysis)"
+        + ("; device peak: the allocator's high-water mark since the process started (it never falls)" if device else "")
+    )
+    print(
+        f"{'model':<18}{'remat':<11}{'params':>12}{'tokens/s':>12}{'step (ms)':>11}{'first step (s)':>16}{'MFU':>8}"
+        f"{'peak (MiB)':>12}" + (f"{'device peak (MiB)':>19}" if device else "")
+    )
     for name, cfg in variants:
         r = bench_train(cfg, batch=args.batch_size, length=args.length, steps=args.steps, peak=peak)
-        print(f"{name:<18}{r['params']:>12,}{r['tokens_per_s']:>12,.0f}{r['step_s'] * 1e3:>11.1f}{r['first_step_s']:>16.2f}{r['mfu']:>8.1%}")
+        line = (
+            f"{name:<18}{r['remat']:<11}{r['params']:>12,}{r['tokens_per_s']:>12,.0f}{r['step_s'] * 1e3:>11.1f}"
+            f"{r['first_step_s']:>16.2f}{r['mfu']:>8.1%}{r['peak_bytes'] / 2**20:>12.1f}"
+        )
+        if device:
+            line += f"{(r['device_peak_bytes'] or 0) / 2**20:>19.1f}"
+        print(line, flush=True)
     return 0
 
 
@@ -442,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--length", type=int, default=256)
     bt.add_argument("--steps", type=int, default=10)
     bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    bt.add_argument(
+        "--remat",
+        metavar="POLICY[,POLICY...]",
+        help="benchmark each model under each rematerialisation policy: none, full, dots, attention (default: the model's)",
+    )
     bt.set_defaults(func=_bench)
     bm = bsub.add_parser(
         "moe",

@@ -17,6 +17,7 @@ from archzoo.layers.norms import Norm
 from archzoo.layers.params import dense_init, param, zeros
 from archzoo.layers.positions import apply_rope
 from archzoo.masks import Mask
+from archzoo.sharding import constrain
 from archzoo.layers.config import AttentionConfig, NormConfig
 
 __all__ = ["Attention"]
@@ -81,23 +82,30 @@ class Attention(nnx.Module):
         B, L, H, Dh = x_BLHD.shape
         return norm(x_BLHD.reshape(B, L, H * Dh)).reshape(B, L, H, Dh)
 
-    def _project(self, x_BLD, w, b):
+    def _project(self, x_BLD, w, b, heads: str):
         y = jnp.einsum("BLD,DHd->BLHd", x_BLD, w[...].astype(x_BLD.dtype))  # d: head width Dh
-        return y if b is None else y + b[...].astype(x_BLD.dtype)
+        y = y if b is None else y + b[...].astype(x_BLD.dtype)
+        return constrain(y, ("batch", "length", heads, "head_dim"))
 
     def project_q(self, x_BLD: jax.Array, positions_BL: jax.Array | None = None, inv_freq=None) -> jax.Array:
         """Queries ``[B, L, H, Dh]`` (normed with ``qk_norm``), rotated by RoPE when ``inv_freq`` is given."""
-        q = self._normed(self._project(x_BLD, self.q, self.q_bias), self.q_norm)
+        q = self._normed(self._project(x_BLD, self.q, self.q_bias, "heads"), self.q_norm)
         return q if inv_freq is None else apply_rope(q, positions_BL, inv_freq)
 
     def project_kv(self, x_BLD: jax.Array, positions_BL: jax.Array | None = None, inv_freq=None) -> tuple[jax.Array, jax.Array]:
         """Keys and values ``[B, L, G, Dh]``; keys rotated by RoPE when ``inv_freq`` is given."""
-        k = self._normed(self._project(x_BLD, self.k, self.k_bias), self.k_norm)
-        v = self._project(x_BLD, self.v, self.v_bias)
+        k = self._normed(self._project(x_BLD, self.k, self.k_bias, "kv_heads"), self.k_norm)
+        v = self._project(x_BLD, self.v, self.v_bias, "kv_heads")
         return (k if inv_freq is None else apply_rope(k, positions_BL, inv_freq)), v
+
+    # The stack sets it under ``remat: attention`` (:class:`~archzoo.models.config.ModelConfig`).
+    remat_core = False
 
     def attend(self, q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK=None) -> jax.Array:
         """Attention of queries to keys under ``mask``, then the output projection.
+
+        With ``remat_core``, the backward pass recomputes the backend's ``[B, H, Q, K]`` logits
+        and probabilities from the queries, keys and values instead of keeping them.
 
         Args:
           q_BQHD: queries ``[B, Q, H, Dh]``.
@@ -108,6 +116,10 @@ class Attention(nnx.Module):
         Returns:
           ``[B, Q, D]``.
         """
-        out_BQHD = BACKENDS[self.backend](q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, self.scale)
+        def core(q, k, v, mask, bias):
+            return BACKENDS[self.backend](q, k, v, mask, bias, self.scale)
+
+        core = jax.checkpoint(core) if self.remat_core else core  # nothing_saveable: keeps its inputs only
+        out_BQHD = core(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK)
         y = jnp.einsum("BQHd,HdD->BQD", out_BQHD, self.o[...].astype(out_BQHD.dtype))
         return y if self.o_bias is None else y + self.o_bias[...].astype(y.dtype)

@@ -99,6 +99,20 @@ class ModelConfig:
         tokenizers reserve, :mod:`archzoo.data.special`).
       moe: Mixture-of-Experts layers in place of some blocks' MLPs (None: a dense model); see
         :class:`~archzoo.layers.config.MoeConfig` for the routers, placement and dispatch.
+      remat: what the backward pass keeps of each block's activations and what it recomputes
+        from them (rematerialisation: memory for time; the loss and gradients stay the same).
+        ``none`` keeps every activation. ``full`` keeps each block's input only and runs the
+        block forward again in the backward pass. ``dots`` keeps the outputs of the matmuls
+        against weights (``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``: the q, k,
+        v, o and MLP projections, whose dot products have no batch dimension) and recomputes
+        the rest: norms, activations, the batched attention matmuls and their softmax (so no
+        ``[B, H, Q, K]`` array is kept; ``dots_saveable`` would keep them), and an MoE layer's
+        expert matmuls (batched over experts, or ``ragged_dot``). ``attention`` recomputes only
+        the attention core (the ``[B, H, Q, K]`` logits and probabilities, the largest
+        activation at long context) from the queries, keys and values it keeps, and keeps the
+        rest. XLA's CPU compiler drops the barriers that keep recomputation apart before its last
+        common-subexpression pass, which merges it back into the forward pass: on CPU, remat
+        costs time and saves no memory.
     """
 
     family: Literal["decoder", "encoder_decoder", "encoder"] = "decoder"
@@ -118,6 +132,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     token_ids: TokenIds | None = None
     moe: MoeConfig | None = None
+    remat: Literal["none", "full", "dots", "attention"] = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers"):

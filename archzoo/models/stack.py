@@ -27,8 +27,20 @@ from archzoo.masks import Mask, TokenFacts
 from archzoo.models.cache import write_slots
 from archzoo.models.config import ModelConfig, StackSpec
 from archzoo.models.output import LayerReport, StackOutput
+from archzoo.sharding import constrain
 
 __all__ = ["Block", "Stack"]
+
+# What the backward pass keeps of a block under ``ModelConfig.remat`` (``none`` and ``attention``
+# do not checkpoint the block; ``attention`` checkpoints the attention core, in Attention.attend).
+_BLOCK_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _run_block(block, x_BLD, kwargs):
+    return block(x_BLD, **kwargs)
 
 
 class Block(nnx.Module):
@@ -180,6 +192,9 @@ class Stack(nnx.Module):
             ]
         )
         self.final_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.final_norm else None
+        self.remat = cfg.remat
+        if cfg.remat == "attention":
+            self.blocks.set_attributes(Attention, remat_core=True)
 
     def __call__(
         self,
@@ -210,6 +225,8 @@ class Stack(nnx.Module):
           per-layer keys and values, and the layers' reports named ``{stack}/{layer}/{name}``).
         """
         kv_facts = facts if kv_facts is None else kv_facts
+        residual = ("batch", "length", "act_embed")  # the residual stream: rows split over the mesh
+        x_BLD = constrain(x_BLD, residual)
         if self.positions is not None:
             x_BLD = x_BLD + self.positions(facts.positions).astype(x_BLD.dtype)
         if self.embed_norm is not None:
@@ -222,19 +239,28 @@ class Stack(nnx.Module):
         inv_freq = None if self.rope_inv_freq is None else jnp.asarray(self.rope_inv_freq, jnp.float32)
         valid = facts.segment_ids != 0
         new_kv, reports = [], []
+        run = _run_block
+        if self.remat in _BLOCK_POLICIES:
+            # prevent_cse: in a Python loop (not a scan) XLA would otherwise fold the backward
+            # pass's recomputation into the forward pass's values and keep them after all
+            run = nnx.remat(_run_block, policy=_BLOCK_POLICIES[self.remat], prevent_cse=True)
         for i, block in enumerate(self.blocks):
-            x_BLD, kv, report = block(
+            x_BLD, kv, report = run(
+                block,
                 x_BLD,
-                mask=mask,
-                bias_BHQK=bias,
-                positions_BL=facts.positions,
-                inv_freq=inv_freq,
-                kv_cache=None if cache is None else cache.layer(i),
-                cross_kv=None if cross_kv is None else cross_kv[i],
-                cross_mask=cross_mask,
-                valid_BL=valid,
-                rng=None if rng is None else jax.random.fold_in(rng, i),
+                dict(
+                    mask=mask,
+                    bias_BHQK=bias,
+                    positions_BL=facts.positions,
+                    inv_freq=inv_freq,
+                    kv_cache=None if cache is None else cache.layer(i),
+                    cross_kv=None if cross_kv is None else cross_kv[i],
+                    cross_mask=cross_mask,
+                    valid_BL=valid,
+                    rng=None if rng is None else jax.random.fold_in(rng, i),
+                ),
             )
+            x_BLD = constrain(x_BLD, residual)
             new_kv.append(kv)
             reports.append(report.prefixed(f"{self.name}/{i}"))
         if self.final_norm is not None:

@@ -103,9 +103,13 @@ def _dump(config: dict) -> str:
 
 
 # Keys that change neither the numbers nor the order of work: a run resumes across them. The
-# ``eval`` section changes what is measured, not what is trained.
-_NOT_RESULTS = {"train.progress", "train.keep_checkpoints", "train.checkpoint_every"}
-_NOT_RESULT_SECTIONS = ("eval",)
+# ``eval`` section changes what is measured, not what is trained; the ``mesh`` section where the
+# work runs (a sharded step sums in another order: the same numbers within float rounding) and
+# ``distributed`` which processes share it;
+# ``model.remat`` what the backward pass recomputes instead of keeping (the same numbers);
+# ``model.attention.backend`` which kernel computes the same attention (``auto`` picks per device).
+_NOT_RESULTS = {"train.progress", "train.keep_checkpoints", "train.checkpoint_every", "model.remat", "model.attention.backend"}
+_NOT_RESULT_SECTIONS = ("eval", "mesh", "distributed")
 
 
 def _result_changes(old: dict, config: dict) -> list[str]:
