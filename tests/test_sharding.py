@@ -31,7 +31,8 @@ PARAM_AXES = {"embed": ("fsdp",), "mlp": ("tensor",), "heads": ("tensor",), "kv_
 # 4 ways as well as their width (on a dense model an expert axis only splits rows, as data does).
 MODELS = {
     "prefix_decoder": ({**TINY, "family": "decoder", "mask": "prefix"}, ("data8", "fsdp4_tensor2")),
-    "encoder_decoder": ({**TINY, "family": "encoder_decoder", "num_encoder_layers": 1}, ("fsdp4_tensor2",)),
+    # scanned stacks: the layers axis is replicated by the default rules, the rest split as unrolled
+    "encoder_decoder": ({**TINY, "family": "encoder_decoder", "num_encoder_layers": 1, "scan_layers": True}, ("fsdp4_tensor2",)),
     "encoder": ({**TINY, "family": "encoder"}, ("fsdp4_tensor2",)),
     "moe_decoder": ({**TINY, "family": "decoder", "moe": {"num_experts": 4, "top_k": 2}}, tuple(MESHES)),
 }

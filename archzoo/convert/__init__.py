@@ -13,6 +13,8 @@ functions:
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 import json
 from pathlib import Path
@@ -58,28 +60,57 @@ def _key(path) -> str:
     return "/".join(str(p) for p in path)
 
 
+# A scanned stack holds its blocks' variables stacked under ``{stack}/layers/...``; the path
+# functions below speak the unrolled names ``{stack}/blocks/{i}/...`` for either layout.
+_SCANNED = "/layers/"
+
+
+def _unrolled(path: str, value_shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+    """The unrolled names of one variable path: itself, or one per layer of a scanned stack."""
+    if _SCANNED not in path:
+        return [(path, None)]
+    stack, rest = path.split(_SCANNED, 1)
+    return [(f"{stack}/blocks/{i}/{rest}", i) for i in range(value_shape[0])]
+
+
 def get_params(model: nnx.Module) -> dict[str, np.ndarray]:
-    """Every parameter and buffer of a model as ``{"stack/blocks/0/attn/q": array}`` (numpy)."""
-    return {_key(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, (nnx.Param, Buffer)))}
+    """Every parameter and buffer of a model as ``{"stack/blocks/0/attn/q": array}`` (numpy),
+    per layer whether the model's stacks are unrolled or scanned."""
+    out = {}
+    for p, v in nnx.to_flat_state(nnx.state(model, (nnx.Param, Buffer))):
+        value = np.asarray(v.get_value())
+        for name, i in _unrolled(_key(p), value.shape):
+            out[name] = value if i is None else value[i]
+    return out
 
 
 def param_paths(model: nnx.Module) -> dict[str, tuple[int, ...]]:
-    """Path -> shape of every parameter and buffer (works on ``nnx.eval_shape`` models)."""
-    return {_key(p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(nnx.state(model, (nnx.Param, Buffer)))}
+    """Path -> shape of every parameter and buffer, per layer as :func:`get_params` names them
+    (works on ``nnx.eval_shape`` models)."""
+    out = {}
+    for p, v in nnx.to_flat_state(nnx.state(model, (nnx.Param, Buffer))):
+        shape = tuple(v.get_value().shape)
+        for name, i in _unrolled(_key(p), shape):
+            out[name] = shape if i is None else shape[1:]
+    return out
 
 
 def set_params(model: nnx.Module, params: dict[str, np.ndarray]) -> None:
-    """Sets every parameter and buffer from a path-keyed dict; all must be given, shapes equal."""
+    """Sets every parameter and buffer from a dict keyed as :func:`get_params` names them (per
+    layer, for either layout); all must be given, shapes equal."""
     state = nnx.state(model, (nnx.Param, Buffer))
     flat = nnx.to_flat_state(state)
-    expected = {_key(p) for p, _ in flat}
-    missing, unknown = expected - set(params), set(params) - expected
+    expected = param_paths(model)
+    missing, unknown = set(expected) - set(params), set(params) - set(expected)
     if missing or unknown:
         raise ValueError(f"weights do not match the model: missing {sorted(missing)[:8]}, unexpected {sorted(unknown)[:8]}")
+    for name, shape in expected.items():
+        value = np.asarray(params[name])
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name}: weight has shape {value.shape}, the model expects {shape}")
     for path, var in flat:
-        value = np.asarray(params[_key(path)])
-        if tuple(value.shape) != tuple(var.get_value().shape):
-            raise ValueError(f"{_key(path)}: weight has shape {value.shape}, the model expects {tuple(var.get_value().shape)}")
+        names = _unrolled(_key(path), tuple(var.get_value().shape))
+        value = np.asarray(params[names[0][0]]) if names[0][1] is None else np.stack([np.asarray(params[n]) for n, _ in names])
         var.set_value(jnp.asarray(value, jnp.float32))
     nnx.update(model, nnx.from_flat_state(flat))
 
@@ -109,11 +140,12 @@ def read_hf_config(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_hf(folder: str | Path) -> nnx.Module:
+def load_hf(folder: str | Path, *, scan_layers: bool = False) -> nnx.Module:
     """Reads a Hugging Face folder into an archzoo model of the matching family.
 
     Args:
       folder: a local folder with ``config.json`` and ``*.safetensors``.
+      scan_layers: build the model with scanned stacks (``ModelConfig.scan_layers``).
 
     Returns:
       the model (its ``.config`` is the converted ModelConfig), weights in float32.
@@ -123,6 +155,8 @@ def load_hf(folder: str | Path) -> nnx.Module:
     model_type = hf.get("model_type")
     module = _module(model_type)
     cfg = module.config_from_hf(hf)
+    if scan_layers:
+        cfg = dataclasses.replace(cfg, scan_layers=True)
     tensors = _read_tensors(folder)
     params = module.weights_from_hf(tensors, cfg)
     # Shapes only: every weight is then set from the checkpoint, so nothing is initialised twice.

@@ -338,7 +338,8 @@ def _essence(cfg: ModelConfig) -> dict:
     # how weights started changes nothing once they are trained; μP's multipliers change the forward
     init = cfg.init if cfg.init.kind == "mup" else InitConfig()
     settled = dataclasses.replace(
-        cfg, name="", dtype="float32", attention=attention, position=pos, norm=norm, token_ids=None, init=init
+        cfg, name="", dtype="float32", attention=attention, position=pos, norm=norm, token_ids=None, init=init,
+        remat="none", scan_layers=False,  # how the forward pass is run, not what it computes
     )
     out = to_dict(settled)
     if cfg.moe is not None:

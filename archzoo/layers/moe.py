@@ -279,7 +279,6 @@ class MoE(nnx.Module):
         (measured: that made the untaken branch cost as much as the layer); the backward pass
         recomputes the branch."""
         graphdef, state = nnx.split(self)
-        needed = jnp.any(over)
 
         def run(state, x, weights, experts, over, place):
             return nnx.merge(graphdef, state)._capacity_layout(x, experts, weights, over, place, C=C)[0]
@@ -287,9 +286,11 @@ class MoE(nnx.Module):
         def no_ints(*arrays):  # integer and boolean inputs have no cotangent
             return tuple(np.zeros(a.shape, jax.dtypes.float0) for a in arrays)
 
+        # ``needed`` is computed from the arguments each time, not closed over: under remat the
+        # forward pass is traced again, and a closed-over value would be the first trace's
         @jax.custom_vjp
         def apply(state, x, weights, experts, over, place):
-            return jax.lax.cond(needed, run, lambda *args: jnp.zeros_like(args[1]), state, x, weights, experts, over, place)
+            return jax.lax.cond(jnp.any(over), run, lambda *args: jnp.zeros_like(args[1]), state, x, weights, experts, over, place)
 
         def forward(*args):
             return apply(*args), args
@@ -300,7 +301,7 @@ class MoE(nnx.Module):
             def grads():
                 return jax.vjp(lambda s, x, w: run(s, x, w, experts, over, place), state, x, weights)[1](g)
 
-            cotangents = jax.lax.cond(needed, grads, lambda: jax.tree.map(jnp.zeros_like, (state, x, weights)))
+            cotangents = jax.lax.cond(jnp.any(over), grads, lambda: jax.tree.map(jnp.zeros_like, (state, x, weights)))
             return (*cotangents, *no_ints(experts, over, place))
 
         apply.defvjp(forward, backward)
@@ -404,9 +405,14 @@ class MoE(nnx.Module):
 
 def update_balance_biases(model: nnx.Module, stats: dict) -> None:
     """Moves every ``balance: bias`` router's bias towards equal load (DeepSeek-V3):
-    ``b_e += bias_rate * sign(1/E - f_e)``, with ``f_e`` the step's ``{name}/expert_fraction``."""
+    ``b_e += bias_rate * sign(1/E - f_e)``, with ``f_e`` the step's ``{name}/expert_fraction``
+    (a scanned stack's layer, named ``{stack}/{layer}``, moves its ``[L, E]`` biases per layer)."""
     for _, module in nnx.iter_modules(model):
         if isinstance(module, MoE) and module.balance_bias is not None:
-            fraction = stats[f"{module.name}/expert_fraction"]
+            if "{layer}" in module.name:
+                layers = range(module.balance_bias.shape[0])
+                fraction = jnp.stack([stats[f"{module.name.format(layer=i)}/expert_fraction"] for i in layers])
+            else:
+                fraction = stats[f"{module.name}/expert_fraction"]
             E = fraction.shape[-1]
             module.balance_bias[...] = module.balance_bias[...] + module.cfg.bias_rate * jnp.sign(1.0 / E - fraction)

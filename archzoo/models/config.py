@@ -113,6 +113,12 @@ class ModelConfig:
         rest. XLA's CPU compiler drops the barriers that keep recomputation apart before its last
         common-subexpression pass, which merges it back into the forward pass: on CPU, remat
         costs time and saves no memory.
+      scan_layers: hold each stack's blocks as one block whose parameters stack the layers on a
+        leading ``layers`` axis, run by ``jax.lax.scan``: a deep model compiles one block, not
+        each, and a mesh may shard the layers axis. The numbers equal the unrolled model's
+        within float32 rounding; :func:`archzoo.convert.get_params` and ``set_params`` (and so
+        the Hugging Face converters) read and write either layout by per-layer names. Needs
+        every block of a stack alike: an MoE layer in every block or in none.
     """
 
     family: Literal["decoder", "encoder_decoder", "encoder"] = "decoder"
@@ -133,6 +139,7 @@ class ModelConfig:
     token_ids: TokenIds | None = None
     moe: MoeConfig | None = None
     remat: Literal["none", "full", "dots", "attention"] = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers"):
@@ -154,6 +161,15 @@ class ModelConfig:
             self._check_relative_buckets()
         if self.moe is not None:
             self._check_moe()
+            if self.scan_layers:
+                for spec in self.stacks:
+                    moe_layers = [i for i in range(spec.num_layers) if self.moe.is_moe(spec.name, i)]
+                    if 0 < len(moe_layers) < spec.num_layers:
+                        raise invalid(
+                            "scan_layers",
+                            f"a scanned stack runs one block for every layer, but the {spec.name} stack has MoE layers "
+                            f"{moe_layers} of {spec.num_layers}; place an MoE layer in every block (moe.every: 1) or set scan_layers: false",
+                        )
 
     def _check_moe(self):
         """MoE placement inside the stacks, and expert choice only where it cannot leak."""

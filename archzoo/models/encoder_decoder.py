@@ -43,7 +43,7 @@ class EncoderDecoder(LanguageModel):
 
     def cross_kv(self, memory_BSD: jax.Array) -> list:
         """Per decoder layer, the encoder output projected to keys and values (computed once)."""
-        return [block.cross_attn.project_kv(memory_BSD) for block in self.decoder.blocks]
+        return self.decoder.cross_kv(memory_BSD)
 
     def decode(self, tokens, facts: TokenFacts | None, memory_BSD, memory_facts: TokenFacts, *, cache: KVCache | None = None):
         """Decoder logits given the encoder output (or, with a cache, its cached projections);

@@ -178,23 +178,27 @@ class Stack(nnx.Module):
         self.rope_inv_freq = tuple(float(f) for f in rope_inverse_frequencies(pos, cfg.head_dim)) if pos.kind == "rope" else None
         self.embed_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.embedding_norm else None
         moe = cfg.moe
-        self.blocks = nnx.List(
-            [
-                Block(
-                    cfg,
-                    cross=cross,
-                    init=init,
-                    rngs=rngs,
-                    name=f"{spec.name}/{i}",
-                    moe=moe is not None and moe.is_moe(spec.name, i),
-                )
-                for i in range(num_layers)
-            ]
-        )
+        # scanned, every block is alike, so an MoE layer's name holds the layer as a field
+        blocks = [
+            Block(
+                cfg,
+                cross=cross,
+                init=init,
+                rngs=rngs,
+                name=f"{spec.name}/{{layer}}" if cfg.scan_layers else f"{spec.name}/{i}",
+                moe=moe is not None and moe.is_moe(spec.name, i),
+            )
+            for i in range(num_layers)
+        ]
+        self.num_layers = num_layers
+        # unrolled: a list of blocks; scanned: one block whose variables stack the layers' on a
+        # leading axis (logical name "layers"), run by jax.lax.scan
+        self.blocks = None if cfg.scan_layers else nnx.List(blocks)
+        self.layers = stack_blocks(blocks) if cfg.scan_layers else None
         self.final_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.final_norm else None
         self.remat = cfg.remat
         if cfg.remat == "attention":
-            self.blocks.set_attributes(Attention, remat_core=True)
+            (self.layers if cfg.scan_layers else self.blocks).set_attributes(Attention, remat_core=True)
 
     def __call__(
         self,
@@ -238,31 +242,80 @@ class Stack(nnx.Module):
             bias = alibi_bias(jnp.asarray(self.alibi_slopes), facts.positions, kv_facts.positions)
         inv_freq = None if self.rope_inv_freq is None else jnp.asarray(self.rope_inv_freq, jnp.float32)
         valid = facts.segment_ids != 0
-        new_kv, reports = [], []
+        shared = dict(mask=mask, bias_BHQK=bias, positions_BL=facts.positions, inv_freq=inv_freq, cross_mask=cross_mask, valid_BL=valid)
         run = _run_block
         if self.remat in _BLOCK_POLICIES:
             # prevent_cse: in a Python loop (not a scan) XLA would otherwise fold the backward
             # pass's recomputation into the forward pass's values and keep them after all
-            run = nnx.remat(_run_block, policy=_BLOCK_POLICIES[self.remat], prevent_cse=True)
-        for i, block in enumerate(self.blocks):
-            x_BLD, kv, report = run(
+            run = nnx.remat(_run_block, policy=_BLOCK_POLICIES[self.remat], prevent_cse=self.layers is None)
+
+        def layer(block, x, i, kv_cache, cross):
+            y, kv, report = run(
                 block,
-                x_BLD,
-                dict(
-                    mask=mask,
-                    bias_BHQK=bias,
-                    positions_BL=facts.positions,
-                    inv_freq=inv_freq,
-                    kv_cache=None if cache is None else cache.layer(i),
-                    cross_kv=None if cross_kv is None else cross_kv[i],
-                    cross_mask=cross_mask,
-                    valid_BL=valid,
-                    rng=None if rng is None else jax.random.fold_in(rng, i),
-                ),
+                x,
+                dict(shared, kv_cache=kv_cache, cross_kv=cross, rng=None if rng is None else jax.random.fold_in(rng, i)),
             )
-            x_BLD = constrain(x_BLD, residual)
-            new_kv.append(kv)
-            reports.append(report.prefixed(f"{self.name}/{i}"))
+            return constrain(y, residual), kv, report
+
+        if self.layers is None:
+            new_kv, reports = [], []
+            for i, block in enumerate(self.blocks):
+                x_BLD, kv, report = layer(block, x_BLD, i, None if cache is None else cache.layer(i), None if cross_kv is None else cross_kv[i])
+                new_kv.append(kv)
+                reports.append(report.prefixed(f"{self.name}/{i}"))
+        else:
+            x_BLD, new_kv, reports = self._scan(layer, x_BLD, cache, cross_kv)
         if self.final_norm is not None:
             x_BLD = self.final_norm(x_BLD)
         return x_BLD, StackOutput(new_kv, LayerReport.merge(reports))
+
+    def cross_kv(self, memory_BSD: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """Per layer, the cross-attention keys and values ``[B, S, G, Dh]`` of the encoder output."""
+        if self.layers is None:
+            return [block.cross_attn.project_kv(memory_BSD) for block in self.blocks]
+        graphdef, state = nnx.split(self.layers)
+        k, v = jax.vmap(lambda s: nnx.merge(graphdef, s).cross_attn.project_kv(memory_BSD))(state)
+        return [(k[i], v[i]) for i in range(self.num_layers)]
+
+    def _scan(self, layer, x_BLD, cache, cross_kv):
+        """The scanned blocks: ``jax.lax.scan`` over the stacked variables, each layer's cache
+        slice and encoder keys and values; per-layer keys, values and reports as the loop gives."""
+        graphdef, state = nnx.split(self.layers)
+        L = self.num_layers
+        stacked = lambda pairs: None if pairs is None else tuple(jnp.stack(a) for a in zip(*pairs))  # noqa: E731
+        caches = None if cache is None else (jnp.stack(cache.keys), jnp.stack(cache.values))
+        crosses = stacked(cross_kv)
+
+        def body(x, xs):
+            state_i, i, cache_i, cross_i = xs
+            kv_cache = None if cache_i is None else (*cache_i, cache.index)
+            y, kv, report = layer(nnx.merge(graphdef, state_i), x, i, kv_cache, cross_i)
+            return y, (kv, report)
+
+        x_BLD, (kv, report) = jax.lax.scan(body, x_BLD, (state, jnp.arange(L), caches, crosses))
+        new_kv = [(kv[0][i], kv[1][i]) for i in range(L)]
+        reports = [
+            LayerReport({k: v[i] for k, v in report.losses.items()}, {k: v[i] for k, v in report.stats.items()}).prefixed(f"{self.name}/{i}")
+            for i in range(L)
+        ]
+        return x_BLD, new_kv, reports
+
+
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One block holding the variables of ``blocks`` stacked on a new leading axis, whose
+    logical name is ``layers`` (a mesh may shard it; the default rules do not).
+
+    Raises:
+      ValueError: the blocks differ in structure (an MoE layer in some blocks only).
+    """
+    graphdefs, states = zip(*(nnx.split(b) for b in blocks))
+    if any(g != graphdefs[0] for g in graphdefs[1:]):
+        raise ValueError("scanned blocks must be alike: every block of a stack an MoE layer or none")
+    state = jax.tree.map(lambda *vs: jnp.stack(vs), *states)
+
+    def with_layers(v):
+        names = v.get_metadata().get("out_sharding")
+        return v.replace(out_sharding=("layers", *names)) if names else v
+
+    state = jax.tree.map(with_layers, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(graphdefs[0], state)

@@ -61,6 +61,23 @@ def _trim_to_target_budget(batch: dict, stream: str, allowed: int) -> dict:
     return batch
 
 
+def _batch_counts(batch: dict, stream: str, streams) -> tuple[int, dict[str, int]]:
+    """A batch's target tokens (of the loss ``stream``) and real tokens per stream."""
+    targets = int(np.count_nonzero(batch[f"{stream}_weights"]))
+    return targets, {s: int(np.count_nonzero(batch[f"{s}_segment_ids"])) for s in streams}
+
+
+def _advance(counters: dict, targets: int, tokens: dict[str, int], per_token: dict[str, float]) -> dict:
+    """The budget counters after a step of ``targets`` target tokens and ``tokens`` real tokens
+    per stream, each stream's token costing ``per_token`` training FLOPs."""
+    return {
+        "step": counters["step"] + 1,
+        "target_tokens": counters["target_tokens"] + targets,
+        "tokens": counters["tokens"] + sum(tokens.values()),
+        "flops": counters["flops"] + float(sum(n * per_token[s] for s, n in tokens.items())),
+    }
+
+
 def _layer_metrics(metrics: dict) -> dict:
     """The layers' auxiliary loss and statistics of a step for ``metrics.jsonl`` (none for a
     dense model): ``aux_loss``, and each statistic by its name (``decoder/3/dropped_fraction``;
@@ -298,12 +315,8 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         """The counters after a step on ``batch`` (this process's rows; with several processes
         the others' counts come through the coordinator), the batch trimmed to a target-token
         budget, its real tokens, and whether any process was asked to stop."""
-        local = {
-            "targets": int(np.count_nonzero(batch[f"{stream}_weights"])),
-            "tokens": {s: int(np.count_nonzero(batch[f"{s}_segment_ids"])) for s in per_token},
-            "sigterm": sigterm,
-        }
-        every = exchange("step", local)
+        targets, tokens = _batch_counts(batch, stream, per_token)
+        every = exchange("step", {"targets": targets, "tokens": tokens, "sigterm": sigterm})
         if budget.kind == "target_tokens":  # exactly the budget, in global row order: process 0's rows first
             allowed = int(budget.value - counters["target_tokens"])
             before = sum(c["targets"] for c in every[:me])
@@ -312,13 +325,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
         else:
             targets = sum(c["targets"] for c in every)
         tokens = {s: sum(c["tokens"][s] for c in every) for s in per_token}
-        counters = {
-            "step": counters["step"] + 1,
-            "target_tokens": counters["target_tokens"] + targets,
-            "tokens": counters["tokens"] + sum(tokens.values()),
-            "flops": counters["flops"] + float(sum(tokens[s] * per_token[s] for s in per_token)),
-        }
-        return counters, batch, sum(tokens.values()), any(c["sigterm"] for c in every)
+        return _advance(counters, targets, tokens, per_token), batch, sum(tokens.values()), any(c["sigterm"] for c in every)
 
     stop = {"sigterm": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))

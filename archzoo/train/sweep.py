@@ -203,15 +203,17 @@ def estimate_run(cfg: RunConfig, *, timed_steps: int = 2, counted_batches: int =
     ``counted_batches``, else extrapolated from their mean."""
     from archzoo.features.run_data import build_run_data
     from archzoo.models import build
-    from archzoo.train.loop import _advance, _budget_spent
+    from archzoo.train.flops import train_flops_per_token
+    from archzoo.train.loop import _advance, _batch_counts, _budget_spent
     from archzoo.train.step import time_train_steps
 
     data = build_run_data(cfg.data, cfg.objective, cfg.model, cfg.train, accumulation_steps=cfg.optimizer.accumulation_steps)
     budget = cfg.budget
     first = batch = data.pipeline.next_batch()
     counters = {"step": 0, "target_tokens": 0, "tokens": 0, "flops": 0.0}
+    per_token = train_flops_per_token(cfg.model, data.lengths)
     while True:
-        counters, _ = _advance(counters, batch, cfg, data.loss_stream)
+        counters = _advance(counters, *_batch_counts(batch, data.loss_stream, per_token), per_token)
         if _budget_spent(budget.kind, counters) >= budget.value or counters["step"] >= counted_batches:
             break
         batch = data.pipeline.next_batch()

@@ -9,7 +9,6 @@ from flax import nnx
 
 import archzoo
 from archzoo.bench import _synthetic_batch, compiled_peak_bytes
-from archzoo.layers.moe import grouped_matmul_kind
 from archzoo.train.loss import loss_fn
 from archzoo.train.rundir import RunDirError, prepare_run_dir
 from archzoo.train.step import split_model
@@ -47,20 +46,10 @@ def _loss_of_policy(family: str, length: int = L, batch: int = 2, **changes):
     return loss, params
 
 
-def _broken(family: str) -> set:
-    """The policies under which ``family`` fails while tracing: MoE._overflow (the dropless
-    ``padded`` path) closes its custom VJP over ``jnp.any(over)`` computed outside it, a value that
-    escapes the block's ``jax.checkpoint`` trace (see test_block_remat_of_padded_dropless_moe)."""
-    moe = archzoo.load_model_config(FAMILIES[family]).moe
-    if moe is not None and grouped_matmul_kind(moe) == "padded":
-        return {"full", "dots"}
-    return set()
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_policy_gives_the_loss_and_gradients_of_none(family):
     loss, params = _loss_of_policy(family)
-    policies = [p for p in POLICIES if p not in _broken(family)]
+    policies = list(POLICIES)
     fns = [jax.value_and_grad(loss(policy)) for policy in policies]
     # One program for every policy, compiled alike; without LLVM's optimisations (half the time).
     lowered = jax.jit(lambda p: [f(p) for f in fns]).lower(params)
@@ -72,12 +61,6 @@ def test_every_policy_gives_the_loss_and_gradients_of_none(family):
             np.testing.assert_allclose(g, r, **TOL, err_msg=f"{policy}: {jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.xfail(strict=True, raises=jax.errors.UnexpectedTracerError, reason=_broken.__doc__)
-@pytest.mark.parametrize("policy", ["full", "dots"])
-def test_block_remat_of_padded_dropless_moe(policy):
-    moe = {"num_experts": 4, "top_k": 2, "every": 2, "offset": 1, "grouped_matmul": "padded"}
-    loss, params = _loss_of_policy("moe_decoder", moe=moe)
-    jax.jit(jax.grad(loss(policy)))(params)
 
 
 def _residuals(loss, params) -> list:
