@@ -133,6 +133,13 @@ def test_save_hf_round_trip(converted, tmp_path):
     for path in before:
         np.testing.assert_array_equal(after[path], before[path], err_msg=path)
     assert json.loads((folder / "config.json").read_text())["model_type"] == c.model_type
+    # the same folder read into scanned stacks holds the same weights, and writes the same folder
+    scanned = load_hf(folder, scan_layers=True)
+    assert scanned.config.scan_layers and scanned.stack.blocks is None
+    again_scanned, read = get_params(load_hf(save_hf(scanned, tmp_path / "scanned"))), get_params(scanned)
+    for path in before:
+        np.testing.assert_array_equal(read[path], before[path], err_msg=path)
+        np.testing.assert_array_equal(again_scanned[path], before[path], err_msg=path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     reloaded = reloaded.float().eval()
     assert max_error(hf_logits(reloaded, c.tokens, c.mask), c.hf, c.mask) <= TOL
