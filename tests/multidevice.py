@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import sys
 
-# 8 devices; compiled without LLVM's optimisations, which halves the compile time that dominates
-# these runs (they compare numbers between meshes in this one process, not speed)
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+if __name__ == "__main__":  # run as the subprocess: not when a test imports packed_batch from here
+    # 8 devices; compiled without LLVM's optimisations, which halves the compile time that
+    # dominates these runs (they compare numbers between meshes in this one process, not speed)
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 
 import json  # noqa: E402
 

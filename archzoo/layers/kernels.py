@@ -170,6 +170,22 @@ def _require(platform: str, backend: str) -> None:
         )
 
 
+def check_backend(backend: str, key: str = "model.attention.backend") -> None:
+    """Refuses, before any training, a forced kernel this platform does not have.
+
+    Raises:
+      ConfigError: naming ``key``, the platform and what would do.
+    """
+    from archzoo.config import ConfigError
+
+    platform = {"cudnn": "gpu", "splash": "tpu"}.get(backend)
+    if platform is not None:
+        try:
+            _require(platform, backend)
+        except RuntimeError as e:
+            raise ConfigError(f"{key}: {str(e).split('=', 1)[1]}") from None
+
+
 def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     """cuDNN fused attention (NVIDIA GPUs) told the mask as :func:`archzoo.layers.cudnn.translate`
     arguments; masks it cannot say (packed rows, ``prefix``, ...) and inputs it does not take

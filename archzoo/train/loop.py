@@ -23,6 +23,7 @@ from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError
 from archzoo.distributed import exchange, initialize
 from archzoo.features.run_data import RunData, build_run_data
+from archzoo.layers.kernels import check_backend
 from archzoo.models import count_params
 from archzoo.sharding import Layout, MeshConfig
 from archzoo.train.checkpoints import RunCheckpoints
@@ -232,6 +233,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     run_dir, budget = cfg.run_dir, cfg.budget
     wall_start = time.perf_counter()
     primary, processes = jax.process_index() == 0, jax.process_count()
+    check_backend(cfg.model.attention.backend)
     layout = _layout(cfg)
     if processes > 1 and cfg.eval is not None:
         raise ConfigError(

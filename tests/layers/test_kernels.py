@@ -172,3 +172,14 @@ def test_auto_on_cpu_is_the_xla_backend_bit_for_bit(monkeypatch):
         return str(jax.make_jaxpr(f)(q, k, v, bias))
 
     assert program(kernels.auto_attention) == program(xla_attention)
+
+
+def test_a_forced_kernel_the_platform_lacks_is_refused_before_training_naming_the_key():
+    from archzoo.config import ConfigError
+    from archzoo.layers.kernels import check_backend
+
+    for backend, needs in (("cudnn", "an NVIDIA GPU"), ("splash", "a TPU")):
+        with pytest.raises(ConfigError, match=rf"model.attention.backend: {backend} needs {needs}, but JAX runs on cpu; set attention.backend to auto"):
+            check_backend(backend)
+    for backend in ("auto", "xla", "jax"):
+        check_backend(backend)
