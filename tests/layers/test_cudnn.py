@@ -4,6 +4,8 @@ platform check and its branch on the data. cuDNN itself needs a GPU."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,27 +13,17 @@ import pytest
 
 from archzoo import masks
 from archzoo.layers import cudnn, kernels
+from tests.layers import mask_cases
+from tests.layers.mask_cases import ONE_EXAMPLE, PACKED, causal_or_full, decode_step_mask, facts
 
 H, G, Dh = 4, 2, 8
-PACKED = [[1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 2, 2, 2, 2, 2, 0]]
 PADDED = [[1, 1, 1, 1, 1, 0, 0, 0], [3, 3, 3, 3, 3, 3, 3, 3], [1, 1, 0, 0, 0, 0, 0, 0]]
 LEFT_PADDED = [[0, 0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0, 1, 1]]
-ONE_EXAMPLE = [[1] * 8, [2] * 8, [1] * 8]
+self_mask = partial(mask_cases.self_mask, seg=PADDED)  # rows of one example plus padding
 # encoder rows for cross-attention from PADDED: one example each, the last one empty
 ENCODER = [[1, 1, 1, 0, 0, 0, 0, 0], [3, 3, 3, 3, 3, 3, 3, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
 
 
-def facts(seg, **kw):
-    return masks.facts(np.array(seg), **kw)
-
-
-def self_mask(*terms, seg=PADDED, **kw):
-    f = facts(seg, **kw)
-    out = None
-    for term in terms:
-        m = masks.sliding_window(term[1], f) if term[0] == "window" else getattr(masks, term[0])(f)
-        out = m if out is None else out & m
-    return out
 
 
 def gapped_positions():
@@ -98,15 +90,6 @@ def gapped_window_mask():
     return masks.sliding_window(3, f) & masks.same_segment(f)
 
 
-def decode_step_mask():
-    cache = facts(PADDED)
-    step = cache[:, 4:5]
-    return masks.causal(step, cache) & masks.same_segment(step, cache)
-
-
-def causal_or_full():
-    f = facts(PADDED)
-    return masks.causal(f) | masks.full(f)
 
 
 UNSUPPORTED = {
@@ -118,8 +101,8 @@ UNSUPPORTED = {
     "cross over packed rows": lambda: masks.cross(facts(PACKED), facts([[1, 1, 2, 2, 0, 0, 0, 0]] * 3)),
     "causal over unordered facts": lambda: self_mask(*CAUSAL_SEG, ordered=False),
     "sliding window over skipping positions": gapped_window_mask,
-    "decode step against a cache": decode_step_mask,
-    "causal | full": causal_or_full,
+    "decode step against a cache": lambda: decode_step_mask(PADDED),
+    "causal | full": lambda: causal_or_full(PADDED),
     "terms over two facts": lambda: masks.causal(facts(PADDED)) & masks.same_segment(facts(PADDED)),
 }
 

@@ -4,6 +4,8 @@ backend; the backend's platform check and its branch on the data."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,22 +14,13 @@ from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
 from archzoo import masks
 from archzoo.layers import kernels, splash
+from tests.layers import mask_cases
+from tests.layers.mask_cases import ONE_EXAMPLE, PACKED, causal_or_full, decode_step_mask, facts
 
-PACKED = [[1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 2, 2, 2, 2, 2, 0]]
-ONE_EXAMPLE = [[1] * 8, [2] * 8, [1] * 8]
-
-
-def facts(seg, **kw):
-    return masks.facts(np.array(seg), **kw)
+self_mask = partial(mask_cases.self_mask, seg=PACKED)
 
 
-def self_mask(*terms, seg=PACKED, **kw):
-    f = facts(seg, **kw)
-    out = None
-    for term in terms:
-        m = masks.sliding_window(term[1], f) if term[0] == "window" else getattr(masks, term[0])(f)
-        out = m if out is None else out & m
-    return out
+
 
 
 def from_arguments(sm: splash.SplashMask, B: int) -> np.ndarray:
@@ -76,15 +69,6 @@ def continued_window_mask():
     return masks.sliding_window(3, f) & masks.same_segment(f)
 
 
-def decode_step_mask():
-    cache = facts(PACKED)
-    step = cache[:, 4:5]
-    return masks.causal(step, cache) & masks.same_segment(step, cache)
-
-
-def causal_or_full():
-    f = facts(PACKED)
-    return masks.causal(f) | masks.full(f)
 
 
 UNSUPPORTED = {
@@ -94,8 +78,8 @@ UNSUPPORTED = {
     "causal over unordered facts": lambda: self_mask(("causal",), ("same_segment",), ordered=False),
     "causal alone over packed rows": lambda: self_mask(("causal",)),
     "sliding window over a continued example": continued_window_mask,
-    "decode step against a cache": decode_step_mask,
-    "causal | full": causal_or_full,
+    "decode step against a cache": lambda: decode_step_mask(PACKED),
+    "causal | full": lambda: causal_or_full(PACKED),
 }
 
 
