@@ -160,14 +160,22 @@ def _guarded(holds, kernel, fallback):
     return jax.lax.cond(holds, kernel, fallback)
 
 
-def _require(platform: str, backend: str) -> None:
+_PLATFORMS = {"cudnn": ("gpu", "an NVIDIA GPU"), "splash": ("tpu", "a TPU")}
+
+
+def _missing_platform(backend: str) -> str | None:
+    """Why this platform cannot run the forced kernel ``backend``, or None."""
+    platform, kind = _PLATFORMS.get(backend, (None, None))
     found = jax.default_backend()
-    if found != platform:
-        kind = {"gpu": "an NVIDIA GPU", "tpu": "a TPU"}[platform]
-        raise RuntimeError(
-            f"attention.backend={backend} needs {kind}, but JAX runs on {found}; "
-            "set attention.backend to auto (picks the kernel the platform has) or xla"
-        )
+    if platform is None or found == platform:
+        return None
+    return f"{backend} needs {kind}, but JAX runs on {found}; set attention.backend to auto (picks the kernel the platform has) or xla"
+
+
+def _require(backend: str) -> None:
+    problem = _missing_platform(backend)
+    if problem is not None:
+        raise RuntimeError(f"attention.backend={problem}")
 
 
 def check_backend(backend: str, key: str = "model.attention.backend") -> None:
@@ -178,12 +186,9 @@ def check_backend(backend: str, key: str = "model.attention.backend") -> None:
     """
     from archzoo.config import ConfigError
 
-    platform = {"cudnn": "gpu", "splash": "tpu"}.get(backend)
-    if platform is not None:
-        try:
-            _require(platform, backend)
-        except RuntimeError as e:
-            raise ConfigError(f"{key}: {str(e).split('=', 1)[1]}") from None
+    problem = _missing_platform(backend)
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}")
 
 
 def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
@@ -194,7 +199,7 @@ def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float)
     Raises:
       RuntimeError: off GPU, naming ``attention.backend``.
     """
-    _require("gpu", "cudnn")
+    _require("cudnn")
     translated = cudnn.translate(mask)
     fallback = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
     if translated is None or not cudnn.supports(q_BQHD):
@@ -211,7 +216,7 @@ def splash_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float
     Raises:
       RuntimeError: off TPU, naming ``attention.backend``.
     """
-    _require("tpu", "splash")
+    _require("splash")
     translated = splash.translate(mask)
     fallback = lambda: xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
     if translated is None or not splash.supports(q_BQHD, k_BKGD, bias_BHQK):
