@@ -337,21 +337,19 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     # The host never waits on the device for a step it has not dispatched the next one after: a
     # step's loss is read once the following step is queued, except at the steps that validate,
     # save or end, which are read at once (their parameters are needed before the next update).
-    pending = None  # the dispatched step not read yet: (step, metrics, record, tokens, dispatched at)
+    pending = None  # the dispatched step not read yet: (metrics, its record so far, tokens, dispatched at)
     busy_since = time.perf_counter()  # when the device last started on work the host waits for
 
     def finish(p) -> dict:
         """Reads step ``p``'s metrics from the device: its record, after the finiteness check."""
         nonlocal busy_since
-        step, metrics, record, tokens, dispatched = p
+        metrics, known, tokens, dispatched = p
         loss, grad_norm = float(metrics["loss_nats"]), float(metrics["grad_norm"])
         now = time.perf_counter()
         seconds, busy_since = now - max(busy_since, dispatched), now
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            raise _non_finite_error(cfg, step, loss, grad_norm, manager.latest_step())
-        record = {"step": step, "loss_nats": loss, "lr": record["lr"], "grad_norm": grad_norm, **record["counters"]}
-        record.update(tokens_per_s=tokens / seconds, **_layer_metrics(metrics))
-        return record
+            raise _non_finite_error(cfg, known["step"], loss, grad_norm, manager.latest_step())
+        return {**known, "loss_nats": loss, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds, **_layer_metrics(metrics)}
 
     def log(record: dict, last: bool = False) -> None:
         if writer is None:  # only process 0 writes
@@ -376,7 +374,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
                 pending = None
             counters = counters_after
             spent = {k: counters[k] for k in ("target_tokens", "tokens", "flops")}
-            pending = (step, metrics, {"lr": lr, "counters": spent}, tokens, dispatched)
+            pending = (metrics, {"step": step, "lr": lr, **spent}, tokens, dispatched)
             # A SIGTERM ends the run at this step: saved, and scored for the summary. Its metrics
             # lines are the ones an uninterrupted run writes, so a resumed run's file equals one.
             done = _budget_spent(budget.kind, counters) >= budget.value
