@@ -43,6 +43,8 @@ __all__ = [
     "not_padding",
     "cross",
     "sliding_window",
+    "predicate",
+    "Predicate",
     "TILE_EMPTY",
     "TILE_PARTIAL",
     "TILE_FULL",
@@ -235,6 +237,8 @@ def _evaluate(expr: tuple, sides: tuple, side: int = 0) -> jax.Array:
     if op == "sliding_window":
         w = expr[1]
         return (k.positions <= q.positions) & (k.positions > q.positions - w)
+    if op == "predicate":
+        return expr[1].evaluate(q, k)
     return _PRIMITIVES[op](q, k)
 
 
@@ -272,6 +276,8 @@ def _describe(expr: tuple) -> str:
         return f"~{_describe(expr[1])}"
     if op == "sliding_window":
         return f"sliding_window({expr[1]})"
+    if op == "predicate":
+        return expr[1].describe()
     return op
 
 
@@ -566,6 +572,8 @@ def _summary_tiles(expr: tuple, sides: tuple, side: int = 0) -> jax.Array:
         return _real_tiles(q, k)
     if op == "cross":  # q == k and k != 0 is exactly same_segment & not_padding
         return jnp.minimum(_segment_tiles(q, k), _real_tiles(q, k))
+    if op == "predicate":  # a user's predicate promises nothing per block: every tile may be partial
+        return jnp.full(jnp.broadcast_shapes(q.pos_min.shape, k.pos_min.shape), TILE_PARTIAL, jnp.int8)
     raise AssertionError(op)
 
 
@@ -703,3 +711,107 @@ def sliding_window(window: int, q: TokenFacts, k: TokenFacts | None = None) -> M
         raise ValueError(f"sliding_window(): window must be a positive int; got {window!r}")
     q, k = _sides(q, k, "sliding_window")
     return Mask(("sliding_window", int(window)), q, k)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Predicate:
+    """A mask kind of the user's own: ``fn(q, k, **params) -> bool``, as a mask constructor.
+
+    Made by :func:`predicate`; called like :func:`causal`: ``chunked(q, k=None) -> Mask``. The
+    mask's expression holds this object, so two masks of the same function and parameters
+    compare equal and hash alike (by name and parameters) and a jitted function that receives
+    them does not recompile.
+
+    Attributes:
+      fn: the predicate over broadcast facts (query side ``[B, Q, 1]``, key side ``[B, 1, K]``;
+        attributes ``segment_ids``, ``positions``, ``is_input``) returning bool ``[B, Q, K]``
+        (or anything that broadcasts to it).
+      name: how the mask describes itself (``repr``, errors).
+      params: the keyword arguments ``fn`` receives, as sorted ``(name, value)`` pairs.
+    """
+
+    fn: object
+    name: str
+    params: tuple = ()
+
+    def __call__(self, q: TokenFacts, k: TokenFacts | None = None) -> Mask:
+        q, k = _sides(q, k, self.name)
+        return Mask(("predicate", self), q, k)
+
+    def evaluate(self, q, k) -> jax.Array:
+        """The predicate over broadcast facts, checked to be boolean of the broadcast shape."""
+        out = self.fn(q, k, **dict(self.params))
+        shape = jnp.broadcast_shapes(q.positions.shape, k.positions.shape)
+        dtype = getattr(out, "dtype", None)
+        if dtype is None or jnp.dtype(dtype) != jnp.bool_:
+            raise TypeError(
+                f"mask predicate {self.describe()}: must return a bool array (a comparison of facts), got "
+                f"{type(out).__name__}{'' if dtype is None else ' of dtype ' + str(dtype)}"
+            )
+        try:
+            return jnp.broadcast_to(out, shape)
+        except ValueError:
+            raise ValueError(
+                f"mask predicate {self.describe()}: returned shape {tuple(out.shape)}, which does not broadcast to "
+                f"the (batch, queries, keys) shape {tuple(shape)} of its facts"
+            ) from None
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params)
+        return f"{self.name}({args})" if args else self.name
+
+    def __eq__(self, other):
+        if not isinstance(other, Predicate):
+            return NotImplemented
+        return (self.name, self.params) == (other.name, other.params) and (self.fn is other.fn or self.fn == other.fn)
+
+    def __hash__(self):
+        return hash((self.name, self.params))
+
+
+def predicate(fn, *, name: str | None = None, **params) -> Predicate:
+    """A mask constructor from a predicate over query facts and key facts (a ``mask_mod``).
+
+    ``fn(q, k, **params)`` receives broadcast facts (query side ``[B, Q, 1]``, key side
+    ``[B, 1, K]``, attributes ``segment_ids``, ``positions``, ``is_input``) and returns bool.
+    The result is called like :func:`causal` and its masks compose with ``&``, ``|``, ``~``,
+    materialise densely, classify tiles (every tile partial: a predicate promises nothing per
+    block) and serve the decode step (queries of one step against the cache's keys).
+
+    Example, chunked attention in chunks of 2 (``positions = 0 1 2 3 4 5``, one example),
+    ``chunked(f) & causal(f)``::
+
+        def chunk(q, k, size):
+            return q.positions // size == k.positions // size
+
+        chunked = predicate(chunk, size=2)
+
+        q\\k 0 1 2 3 4 5
+        0    1 0 0 0 0 0
+        1    1 1 0 0 0 0
+        2    0 0 1 0 0 0
+        3    0 0 1 1 0 0
+        4    0 0 0 0 1 0
+        5    0 0 0 0 1 1
+
+    Args:
+      fn: the predicate.
+      name: how masks of it describe themselves (default: the function's qualified name).
+      **params: keyword arguments passed to ``fn``; hashable values (numbers, strings, tuples).
+
+    Raises:
+      TypeError: ``fn`` is not callable or a parameter is not hashable.
+    """
+    if not callable(fn):
+        raise TypeError(f"predicate(): fn must be callable, got {type(fn).__name__} {fn!r}")
+    items = tuple(sorted(params.items()))
+    for key, value in items:
+        try:
+            hash(value)
+        except TypeError:
+            raise TypeError(
+                f"predicate(): parameter {key}={value!r} is not hashable (masks are compared by their parameters); "
+                "use a number, a string or a tuple"
+            ) from None
+    label = name or f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+    return Predicate(fn, label, items)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import archzoo
 from archzoo.generation import filter_logits, generate
 from archzoo.masks import facts
 from archzoo.models import build
@@ -309,3 +310,19 @@ def test_bad_encoder_decoder_inputs_raise():
         generate(model, [[1], [2]], encoder_inputs=[[1]], max_new_tokens=2)
     with pytest.raises(ValueError, match=r"cannot generate with a model of type Encoder"):
         generate(build(family="encoder", d_model=32, attention={"num_heads": 4}, mlp={"d_ff": 64}), [[1]], max_new_tokens=2)
+
+
+def test_decode_steps_take_facts_built_by_archzoo_facts():
+    """Facts from archzoo.facts() promise row order (ordered=True); the cache's slots do not, and
+    writing the one into the other keeps the cache's promise. Stepping token by token then gives
+    the full forward pass's logits."""
+    model = archzoo.build(vocab_size=64, d_model=32, num_layers=2, attention={"num_heads": 4}, mlp={"d_ff": 64}, seed=0)
+    tokens = np.array([[5, 9, 2, 7, 11]])
+    full = np.asarray(model(tokens))
+    cache = model.generation_cache(1, 8)
+    for t in range(5):
+        f = archzoo.facts(segment_ids=np.ones((1, 1), np.int32), positions=np.array([[t]]))
+        assert f.ordered
+        out = model.decode_step(tokens[:, t : t + 1], f, cache)
+        cache = out.cache
+        np.testing.assert_allclose(np.asarray(out.logits)[0, 0], full[0, t], rtol=1e-5, atol=1e-5)

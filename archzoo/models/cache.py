@@ -69,5 +69,9 @@ def write_slots(cache_BT, new_BL, index):
 
 
 def write_facts(cache_facts: TokenFacts, new: TokenFacts, index) -> TokenFacts:
-    """The cache's facts with the new tokens' facts written at ``index``."""
-    return jax.tree.map(lambda c, n: write_slots(c, n, index), cache_facts, new)
+    """The cache's facts with the new tokens' facts written at ``index`` (the cache keeps its own
+    ``ordered`` flag: its slots are not a row in order, whatever the new tokens promise)."""
+    return dataclasses.replace(
+        cache_facts,
+        **{name: write_slots(getattr(cache_facts, name), getattr(new, name), index) for name in ("segment_ids", "positions", "is_input")},
+    )
