@@ -77,7 +77,7 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
       high-water mark since the process started, where the device reports one (GPUs); else None).
     """
     cfg = load_model_config(model_cfg)
-    data = _synthetic_batch(cfg, batch, length, prefix=cfg.mask == "prefix")
+    data = _synthetic_batch(cfg, batch, length, prefix=cfg.bidirectional_prefix)
     data = {k: jnp.asarray(v) for k, v in data.items()}
     graphdef, params, rest = split_model(build(cfg, seed=0))
     lr = 1e-3
@@ -158,12 +158,12 @@ def bench_moe_layer(cfg, *, batch: int, length: int, steps: int, peak: float | N
     ``[batch, length, d_model]`` float32 inputs: seconds per call and MFU of its active FLOPs."""
     from flax import nnx
 
-    from archzoo.layers.mlp import Mlp
+    from archzoo.layers.mlp import make_mlp
     from archzoo.layers.moe import MoE
 
     rngs = nnx.Rngs(params=0)
     if cfg.moe is None:
-        layer = Mlp(cfg.mlp, cfg.d_model, rngs=rngs)
+        layer = make_mlp(cfg.mlp, cfg.d_model, rngs=rngs)
     else:
         layer = MoE(cfg.moe, cfg.mlp, cfg.d_model, name="bench/0", rngs=rngs)
     graphdef, params = nnx.split(layer, nnx.Param)

@@ -83,7 +83,9 @@ def _run(args) -> int:
     summaries = []
     try:
         for cfg in configs:
-            summaries.append(train(cfg, overwrite=args.overwrite, progress=False if args.no_progress else None))
+            summaries.append(
+                train(cfg, overwrite=args.overwrite, progress=False if args.no_progress else None, allow_plugin_change=args.allow_plugin_change)
+            )
             if summaries[-1]["stopped_by"] == "sigterm":
                 break
     except RunDirBusy as e:
@@ -130,7 +132,7 @@ def _sweep(args) -> int:
     if params and args.launcher != "submitit":
         raise ConfigError("--launcher-arg sets submitit parameters; it needs --launcher submitit")
     experiment = load_experiment(args.config, args.overrides)
-    runs = sweep.plan_sweep(experiment, overwrite=args.overwrite)
+    runs = sweep.plan_sweep(experiment, overwrite=args.overwrite, allow_plugin_change=args.allow_plugin_change)
     if args.print_commands:
         print(sweep.format_commands(experiment, runs, args.overrides))
         return 0
@@ -145,7 +147,7 @@ def _sweep(args) -> int:
     wall = time.perf_counter()
     result = sweep.run_sweep(
         experiment, runs, args.overrides, jobs=args.jobs, launcher=args.launcher,
-        launcher_params=params, overwrite=args.overwrite, progress=not args.no_progress,
+        launcher_params=params, overwrite=args.overwrite, progress=not args.no_progress, allow_plugin_change=args.allow_plugin_change,
     )
     records = [load_run(r.cfg.run_dir) for r in runs if is_run_dir(r.cfg.run_dir)]
     if records:
@@ -371,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("config", help="run or experiment config YAML")
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (train.batch_size=8)")
     r.add_argument("--overwrite", action="store_true", help="replace run directories that hold a different config")
+    r.add_argument("--allow-plugin-change", action="store_true", help="resume although a plug-in's source file changed since the run started")
     r.add_argument("--run", action="append", default=[], metavar="NAME", help="train only this run of an experiment (repeatable)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # a sweep's runs: the sweep prints one table
@@ -392,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--launcher", choices=("local", "submitit"), default="local", help="local processes, or submitit jobs (SLURM; its local executor without SLURM)")
     w.add_argument("--launcher-arg", action="append", default=[], metavar="KEY=VALUE", help="a submitit executor parameter (slurm_partition=gpu, timeout_min=60, cluster=local)")
     w.add_argument("--overwrite", action="store_true", help="train afresh runs whose directories hold a different config")
+    w.add_argument("--allow-plugin-change", action="store_true", help="resume runs although a plug-in's source file changed since they started")
     w.add_argument("--no-progress", action="store_true", help="no progress display")
     w.set_defaults(func=_sweep)
 

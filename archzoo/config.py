@@ -142,16 +142,37 @@ def _type_name(tp: Any) -> str:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if tp is type(None):
         return "null"
+    if _is_plugin_type(tp):
+        return f"a {tp.what} plug-in 'package.module:attribute'"
     return getattr(tp, "__name__", str(tp))
+
+
+def _is_plugin_type(tp) -> bool:
+    """A field type that takes a user's object by import path (:class:`archzoo.plugins.Plugin`)."""
+    return isinstance(tp, type) and hasattr(tp, "from_config")
 
 
 def _coerce(value: Any, tp: Any, key: str, data: Any, leaf: str) -> Any:
     """Checks ``value`` against the annotation ``tp``; returns it converted (lists to tuples)."""
     origin = typing.get_origin(tp)
+    if _is_plugin_type(tp):
+        return tp.from_config(value, key, data, leaf)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        plugin = next((a for a in args if _is_plugin_type(a)), None)
+        if plugin is not None:
+            # a built-in name, or the user's own object by import path: each gets its own error
+            from archzoo.plugins import is_path
+
+            if is_path(value) or isinstance(value, plugin):
+                return plugin.from_config(value, key, data, leaf)
+            others = [a for a in args if a is not plugin]
+            try:
+                return _coerce(value, Union[tuple(others)] if len(others) > 1 else others[0], key, data, leaf)
+            except ConfigError as e:
+                raise ConfigError(f"{e}; or a {plugin.what} of your own as 'package.module:attribute'") from None
         errors = []
         for arg in args:
             if arg is type(None):
@@ -299,7 +320,10 @@ def invalid(field: str, message: str) -> ConfigError:
 
 
 def to_dict(cfg: Any) -> Any:
-    """A dataclass config as plain YAML-ready data (tuples become lists)."""
+    """A dataclass config as plain YAML-ready data (tuples become lists; a plug-in becomes the
+    path or mapping it was read from)."""
+    if hasattr(cfg, "to_config") and not isinstance(cfg, type):
+        return cfg.to_config()
     if dataclasses.is_dataclass(cfg):
         return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, (list, tuple)):

@@ -159,7 +159,7 @@ def generate(
     else:
         rows = _decoder_rows(cfg, prompts, encoder_inputs, decoder_start_id, max_new_tokens)
         source_tokens = source_facts = None
-    bidirectional = (cfg.mask == "prefix") if prefix is None else bool(prefix)
+    bidirectional = cfg.bidirectional_prefix if prefix is None else bool(prefix)
     tokens, prompt_facts = _left_pad(rows, pad_id, is_input=bidirectional and model.source_stream is None, length=None if source_tokens is not None else pad_to)
     graphdef, state = nnx.split(model)
     sampling = None

@@ -114,18 +114,17 @@ def load_trained(run_dir: str | Path, step: int | None = None) -> TrainedRun:
       CheckpointError: no finished checkpoint (or none of ``step``).
     """
     from archzoo.analysis.runs import RecordError, load_run
-    from archzoo.config import from_dict
     from archzoo.data.tokenizer import open_tokenizer
     from archzoo.features.pipeline import row_lengths
     from archzoo.models import build
     from archzoo.train.checkpoints import read_params
-    from archzoo.train.config import RunConfig
+    from archzoo.train.config import from_resolved
 
     run_dir = Path(run_dir)
     record = load_run(run_dir)
     if not record.config:
         raise RecordError(f"{run_dir}: no config.yaml: not a run directory archzoo wrote")
-    cfg = from_dict(RunConfig, record.config)
+    cfg = from_resolved(record.config)
     model = build(cfg.model, seed=cfg.train.seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     step, params = read_params(run_dir / "checkpoints", params, step)

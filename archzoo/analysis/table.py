@@ -19,7 +19,10 @@ HEADER = (
 
 def _row(record: RunRecord) -> tuple[str, ...]:
     facts = record.facts
-    family = facts["family"] + (" (prefix)" if facts["family"] == "decoder" and facts.get("mask") == "prefix" else "")
+    mask = facts.get("mask", "causal")
+    if isinstance(mask, dict):  # a plug-in with options: its path
+        mask = mask.get("path")
+    family = facts["family"] + ("" if mask in ("causal", None) else f" ({mask})")
     s = record.summary
     if s is None:  # still training, or killed: the counts of its last logged step
         last = record.metrics[-1] if record.metrics else {}

@@ -111,8 +111,9 @@ _GROWTH = {
 }
 
 
-def _fitting_chunk_len(objective_name: str, row_len: int) -> int:
-    added, per_token = _GROWTH[objective_name]
+def _fitting_chunk_len(objective_name, row_len: int) -> int:
+    # a plug-in objective (ObjectivePlugin) says its own growth
+    added, per_token = getattr(objective_name, "growth", None) or _GROWTH[objective_name]
     return int((row_len - added) / per_token)
 
 
@@ -120,7 +121,8 @@ def auto_chunk_len(objective_name: str, row_len: int, *, key: str = "train.seq_l
     """A chunk length whose examples fit a row of ``row_len`` for the objective.
 
     Args:
-      objective_name: a key of ``archzoo.objectives.OBJECTIVES``.
+      objective_name: a key of ``archzoo.objectives.OBJECTIVES``, or an
+        :class:`~archzoo.objectives.ObjectivePlugin`.
       row_len: the shortest row of the family.
       key: the config key that sets ``row_len``, for the error.
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from archzoo.layers.kernels import BACKENDS
-from archzoo.layers.norms import Norm
+from archzoo.layers.norms import make_norm
 from archzoo.layers.params import dense_init, param, zeros
 from archzoo.layers.positions import apply_rope
 from archzoo.masks import Mask
@@ -69,8 +69,8 @@ class Attention(nnx.Module):
         self.qk_norm = cfg.qk_norm
         if cfg.qk_norm is not None:
             norm = norm or NormConfig(kind="rmsnorm")
-            self.q_norm = Norm(norm, H * Dh if cfg.qk_norm == "full" else Dh, rngs=rngs)
-            self.k_norm = Norm(norm, G * Dh if cfg.qk_norm == "full" else Dh, rngs=rngs)
+            self.q_norm = make_norm(norm, H * Dh if cfg.qk_norm == "full" else Dh, rngs=rngs)
+            self.k_norm = make_norm(norm, G * Dh if cfg.qk_norm == "full" else Dh, rngs=rngs)
         else:
             self.q_norm = self.k_norm = None
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from archzoo.config import invalid
+from archzoo.layers.plugins import MlpPlugin, NormPlugin, PositionPlugin, RouterPlugin
 
 __all__ = ["AttentionConfig", "MlpConfig", "MoeConfig", "NormConfig", "PositionConfig", "RopeScaling", "EmbeddingConfig", "InitConfig"]
 
@@ -71,12 +72,15 @@ class MlpConfig:
     """Position-wise feed-forward network.
 
     Attributes:
+      kind: ``standard`` (the built-in MLP below), or an MLP class of the user's own by import
+        path (:class:`~archzoo.layers.plugins.MlpPlugin`), which receives this config.
       d_ff: hidden width F.
       activation: ``relu``, ``gelu`` (exact), ``gelu_tanh`` (GPT-2's "gelu_new"), ``silu``.
       gated: gated linear unit (``silu`` + gated = SwiGLU, ``gelu`` + gated = GeGLU).
       bias: biases on both projections.
     """
 
+    kind: Literal["standard"] | MlpPlugin = "standard"
     d_ff: int = 256
     activation: Literal["relu", "gelu", "gelu_tanh", "silu"] = "gelu_tanh"
     gated: bool = False
@@ -92,7 +96,8 @@ class NormConfig:
     """Normalisation layers.
 
     Attributes:
-      kind: ``layernorm`` or ``rmsnorm`` (T5's no-mean variant; Llama's).
+      kind: ``layernorm`` or ``rmsnorm`` (T5's no-mean variant; Llama's), or a norm class of the
+        user's own by import path (:class:`~archzoo.layers.plugins.NormPlugin`).
       eps: added to the variance.
       bias: LayerNorm bias (ignored by rmsnorm).
       placement: ``pre`` (norm before each sublayer, GPT-2/Llama) or ``post`` (after the
@@ -101,7 +106,7 @@ class NormConfig:
       final_norm: a norm after the last block (pre-norm stacks).
     """
 
-    kind: Literal["layernorm", "rmsnorm"] = "layernorm"
+    kind: Literal["layernorm", "rmsnorm"] | NormPlugin = "layernorm"
     eps: float = 1e-5
     bias: bool = True
     placement: Literal["pre", "post"] = "pre"
@@ -142,7 +147,8 @@ class PositionConfig:
 
     Attributes:
       kind: ``learned`` (absolute table), ``rope``, ``alibi``, ``t5_bias`` (relative buckets),
-        ``none``.
+        ``none``, or an attention-logit bias of the user's own by import path
+        (:class:`~archzoo.layers.plugins.PositionPlugin`; one per stack, as T5's table).
       max_len: positions a learned table holds.
       offset: rows skipped at the start of a learned table (OPT and BART: 2).
       rope_theta: RoPE base.
@@ -151,7 +157,7 @@ class PositionConfig:
       max_distance: T5 distance past which buckets are logarithmic-saturated.
     """
 
-    kind: Literal["learned", "rope", "alibi", "t5_bias", "none"] = "learned"
+    kind: Literal["learned", "rope", "alibi", "t5_bias", "none"] | PositionPlugin = "learned"
     max_len: int = 512
     offset: int = 0
     rope_theta: float = 10000.0
@@ -251,6 +257,9 @@ class MoeConfig:
         (Zhou et al. 2022: each expert picks its tokens among a whole group, so a token's output
         depends on other tokens of the group, later ones included; a causal or prefix decoder
         refuses it unless ``allow_future_leak``).
+      router_logits: how the router scores the experts: ``linear`` (``x . W``, ``W [D, E]``), or
+        a router of the user's own by import path (:class:`~archzoo.layers.plugins.RouterPlugin`);
+        jitter, noise, the softmax, the choice and the balancing apply to either.
       normalize: renormalise the chosen experts' weights to sum to 1 (Mixtral); otherwise each
         weight is the router probability over all E (Switch, OLMoE, Qwen-MoE).
       d_ff: each routed expert's hidden width (None: ``mlp.d_ff``).
@@ -303,6 +312,7 @@ class MoeConfig:
     num_experts: int = 8
     top_k: int = 2
     router: Literal["token_choice", "expert_choice"] = "token_choice"
+    router_logits: Literal["linear"] | RouterPlugin = "linear"
     normalize: bool = True
     d_ff: int | None = None
     granularity: int = 1

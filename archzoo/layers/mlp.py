@@ -10,7 +10,7 @@ from archzoo.layers.params import dense_init, param, zeros
 from archzoo.layers.config import MlpConfig
 from archzoo.sharding import constrain
 
-__all__ = ["Mlp", "ACTIVATIONS", "feed_forward"]
+__all__ = ["Mlp", "ACTIVATIONS", "feed_forward", "make_mlp"]
 
 ACTIVATIONS = {
     "relu": jax.nn.relu,
@@ -38,6 +38,14 @@ def feed_forward(x, activation: str, matmul, up, down, gate=None, up_bias=None, 
         h = constrain(h, hidden)
     y = matmul(h, down)
     return y if down_bias is None else y + down_bias
+
+
+def make_mlp(cfg: MlpConfig, d_model: int, *, rngs: nnx.Rngs, init_std: float | None = None, out_std: float | None = None) -> nnx.Module:
+    """The MLP ``cfg.kind`` names: :class:`Mlp`, or the user's class
+    (:class:`~archzoo.layers.plugins.MlpPlugin`) with its options."""
+    if isinstance(cfg.kind, str):
+        return Mlp(cfg, d_model, rngs=rngs, init_std=init_std, out_std=out_std)
+    return cfg.kind.resolve()(cfg, d_model, rngs=rngs, init_std=init_std, out_std=out_std, **cfg.kind.kwargs)
 
 
 class Mlp(nnx.Module):

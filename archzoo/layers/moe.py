@@ -107,7 +107,10 @@ class MoE(nnx.Module):
         D, E, F = d_model, cfg.experts, cfg.expert_width(mlp.d_ff)
         out_std = init_std if out_std is None else out_std
         self.cfg, self.name, self.activation = cfg, name, mlp.activation
-        self.router = param(rngs, dense_init(D, init_std), (D, E), ("embed", None), width_role="hidden")
+        if isinstance(cfg.router_logits, str):
+            self.router = param(rngs, dense_init(D, init_std), (D, E), ("embed", None), width_role="hidden")
+        else:  # the user's router module (layers/plugins.py: RouterPlugin)
+            self.router = cfg.router_logits.resolve()(cfg, D, rngs=rngs, init_std=init_std, **cfg.router_logits.kwargs)
         self.up = param(rngs, dense_init(D, init_std), (E, D, F), ("expert", "embed", "mlp"), width_role="hidden")
         self.gate = (
             param(rngs, dense_init(D, init_std), (E, D, F), ("expert", "embed", "mlp"), width_role="hidden") if mlp.gated else None
@@ -178,7 +181,10 @@ class MoE(nnx.Module):
         x = x_GSD.astype(jnp.float32)
         if rng is not None and cfg.jitter > 0:
             x = x * jax.random.uniform(jax.random.fold_in(rng, 0), x.shape, jnp.float32, 1 - cfg.jitter, 1 + cfg.jitter)
-        logits = jnp.einsum("GSD,DE->GSE", x, self.router[...].astype(jnp.float32))
+        if isinstance(self.router, nnx.Param):
+            logits = jnp.einsum("GSD,DE->GSE", x, self.router[...].astype(jnp.float32))
+        else:
+            logits = self.router(x).astype(jnp.float32)
         if rng is not None and cfg.noise > 0:
             logits = logits + cfg.noise * jax.random.normal(jax.random.fold_in(rng, 1), logits.shape, jnp.float32)
         return logits

@@ -9,7 +9,15 @@ from flax import nnx
 from archzoo.layers.params import ones, param, zeros
 from archzoo.layers.config import NormConfig
 
-__all__ = ["Norm"]
+__all__ = ["Norm", "make_norm"]
+
+
+def make_norm(cfg: NormConfig, d_model: int, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The norm ``cfg.kind`` names: :class:`Norm`, or the user's class
+    (:class:`~archzoo.layers.plugins.NormPlugin`) with its options."""
+    if isinstance(cfg.kind, str):
+        return Norm(cfg, d_model, rngs=rngs)
+    return cfg.kind.resolve()(cfg, d_model, rngs=rngs, **cfg.kind.kwargs)
 
 
 class Norm(nnx.Module):

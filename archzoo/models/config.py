@@ -7,6 +7,7 @@ is a YAML file over these fields under ``configs/models/``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from archzoo.config import apply_overrides, from_dict, invalid, load_yaml, to_dict
+from archzoo.layers.plugins import MaskPlugin, MlpPlugin, NormPlugin, PositionPlugin, RouterPlugin, mask_reach
 
 from archzoo.layers.config import (
     AttentionConfig,
@@ -89,7 +91,15 @@ class ModelConfig:
       num_layers: decoder layers (the only stack of ``decoder`` and ``encoder``).
       num_encoder_layers: encoder layers of an encoder-decoder (None = num_layers).
       mask: the decoder's self-attention mask kind: ``causal`` or ``prefix`` (bidirectional over
-        tokens with ``is_input``). A prefix decoder is this class with another mask.
+        tokens with ``is_input``), or a mask of the user's own by import path
+        (:class:`~archzoo.models.plugins.MaskPlugin`: a predicate over query and key facts, or a
+        function building a :class:`~archzoo.masks.Mask`). A prefix decoder is this class with
+        another mask. Packing (``same_segment``) and ``attention.sliding_window`` are added to
+        any of them. A mask of a decoder stack (the decoder's, the encoder-decoder's decoder's)
+        may let a query see a later key only when both are in the prefix: anything else would
+        show a decoder the targets it predicts, and is refused.
+      encoder_mask: the encoder's self-attention mask kind (the encoder family, the
+        encoder-decoder's encoder): ``full``, or a mask of the user's own by import path.
       parallel_block: attention and MLP read the same normed input and add in parallel (PaLM).
       init: how weights are initialised (GPT-2's depth-scaled normal by default; ``mup`` for
         width-transferable learning rates). A model that loads weights ignores it, unless it is
@@ -127,7 +137,8 @@ class ModelConfig:
     d_model: int = 64
     num_layers: int = 2
     num_encoder_layers: int | None = None
-    mask: Literal["causal", "prefix"] = "causal"
+    mask: Literal["causal", "prefix"] | MaskPlugin = "causal"
+    encoder_mask: Literal["full"] | MaskPlugin = "full"
     parallel_block: bool = False
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     mlp: MlpConfig = field(default_factory=MlpConfig)
@@ -153,12 +164,23 @@ class ModelConfig:
                 f"d_model={self.d_model} is not divisible by attention.num_heads={self.attention.num_heads} "
                 "(set attention.head_dim to decouple them)",
             )
-        if self.family != "decoder" and self.mask != "causal":
-            raise invalid("mask", f"only a decoder takes mask={self.mask!r}; family={self.family!r}")
+        if self.family == "encoder" and self.mask != "causal":
+            raise invalid("mask", f"is the decoder's mask; the encoder family has none (set encoder_mask), got {self.mask}")
+        if self.family == "encoder_decoder" and self.mask == "prefix":
+            raise invalid("mask", "an encoder-decoder's decoder has no prefix (its inputs go to the encoder); use causal")
+        if self.family == "decoder" and self.encoder_mask != "full":
+            raise invalid("encoder_mask", f"a decoder has no encoder; set mask instead, got {self.encoder_mask}")
+        if isinstance(self.mask, MaskPlugin):
+            reach = mask_reach(self.mask, "mask")
+            if reach.leak is not None:
+                raise invalid("mask", f"{self.mask} {reach.leak}")
+        if isinstance(self.encoder_mask, MaskPlugin):
+            mask_reach(self.encoder_mask, "encoder_mask")  # a predicate that cannot be evaluated is refused here
         if self.position.kind == "rope" and self.head_dim % 2:
             raise invalid("attention.head_dim", f"RoPE needs an even head width, got {self.head_dim}")
         if self.position.kind == "t5_bias":
             self._check_relative_buckets()
+        self._check_layer_plugins()
         if self.moe is not None:
             self._check_moe()
             if self.scan_layers:
@@ -170,6 +192,23 @@ class ModelConfig:
                             f"a scanned stack runs one block for every layer, but the {spec.name} stack has MoE layers "
                             f"{moe_layers} of {spec.num_layers}; place an MoE layer in every block (moe.every: 1) or set scan_layers: false",
                         )
+
+    def _check_layer_plugins(self):
+        """Each layer plug-in built abstractly at this config's widths: its output shape and its
+        parameters' logical axes (:func:`~archzoo.layers.plugins.check_layer`)."""
+        if isinstance(self.mlp.kind, MlpPlugin):
+            if self.moe is not None:
+                raise invalid(
+                    "mlp.kind",
+                    f"{self.mlp.kind} is a dense MLP; an MoE model's experts are the built-in MLP (mlp.kind: standard), batched over experts",
+                )
+            _check_layer_plugin("mlp.kind", self.mlp, self.d_model, self.attention.num_heads, None, self.dtype)
+        if isinstance(self.norm.kind, NormPlugin):
+            _check_layer_plugin("norm.kind", self.norm, self.d_model, self.attention.num_heads, None, self.dtype)
+        if isinstance(self.position.kind, PositionPlugin):
+            _check_layer_plugin("position.kind", self.position, self.d_model, self.attention.num_heads, None, self.dtype)
+        if self.moe is not None and isinstance(self.moe.router_logits, RouterPlugin):
+            _check_layer_plugin("moe.router_logits", self.moe, self.d_model, self.attention.num_heads, self.moe.experts, self.dtype)
 
     def _check_moe(self):
         """MoE placement inside the stacks, and expert choice only where it cannot leak."""
@@ -242,7 +281,16 @@ class ModelConfig:
         TensorFlow's prefix LM does (``bidirectional = not fully_autoregressive``); a causal stack
         keeps one-way buckets (the T5 decoder's).
         """
-        return self.mask == "prefix" and self.attention.sliding_window is None
+        return self.bidirectional_prefix and self.attention.sliding_window is None
+
+    @property
+    def bidirectional_prefix(self) -> bool:
+        """Whether the decoder's mask lets prefix tokens (``is_input``) see later prefix tokens:
+        ``prefix``, or a mask plug-in that does so on a probe row (generation then marks a
+        prompt as the prefix)."""
+        if isinstance(self.mask, MaskPlugin):
+            return mask_reach(self.mask, "mask").later_in_prefix
+        return self.mask == "prefix"
 
     @property
     def stacks(self) -> tuple[StackSpec, ...]:
@@ -273,6 +321,41 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         """A copy with top-level fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def plugin_matmul_params(cfg: ModelConfig, key: str) -> int:
+    """The matmul weights of the layer plug-in at ``key`` (``mlp.kind``, ``moe.router_logits``)
+    that a token passes through, for the FLOP count."""
+    section = {"mlp.kind": cfg.mlp, "norm.kind": cfg.norm, "position.kind": cfg.position, "moe.router_logits": cfg.moe}[key]
+    E = cfg.moe.experts if key == "moe.router_logits" else None
+    return _check_layer_plugin(key, section, cfg.d_model, cfg.attention.num_heads, E, cfg.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_layer_plugin(key: str, section, D: int, H: int, E: int | None, dtype: str) -> int:
+    """:func:`~archzoo.layers.plugins.check_layer` for the plug-in of ``section`` (the MLP, norm,
+    position or MoE config that names it), once per config and widths; its matmul weights."""
+    import jax
+    import jax.numpy as jnp
+
+    from archzoo.layers.mlp import make_mlp
+    from archzoo.layers.norms import make_norm
+    from archzoo.layers.plugins import check_layer
+
+    x = jax.ShapeDtypeStruct((2, 3, D), jnp.dtype(dtype))
+    if key == "mlp.kind":
+        return check_layer(key, section.kind, lambda rngs: make_mlp(section, D, rngs=rngs), (x,), [(2, 3, D)])
+    if key == "norm.kind":
+        return check_layer(key, section.kind, lambda rngs: make_norm(section, D, rngs=rngs), (x,), [(2, 3, D)], dtype=x.dtype)
+    if key == "position.kind":
+        own = section.kind
+        q, k = jax.ShapeDtypeStruct((2, 5), jnp.int32), jax.ShapeDtypeStruct((2, 7), jnp.int32)
+        make = lambda rngs: own.resolve()(section, H, bidirectional=True, rngs=rngs, **own.kwargs)  # noqa: E731
+        return check_layer(key, own, make, (q, k), [(2, H, 5, 7), (1, H, 5, 7)])
+    own = section.router_logits
+    x32 = jax.ShapeDtypeStruct((2, 3, D), jnp.float32)
+    make = lambda rngs: own.resolve()(section, D, rngs=rngs, init_std=None, **own.kwargs)  # noqa: E731
+    return check_layer(key, own, make, (x32,), [(2, 3, E)])
 
 
 def check_seed(seed, argument: str) -> int:

@@ -4,6 +4,7 @@ encoder and both stacks of the encoder-decoder build their masks the same way.""
 from __future__ import annotations
 
 from archzoo import masks
+from archzoo.layers.plugins import MaskPlugin
 from archzoo.masks import Mask, TokenFacts
 from archzoo.models.config import ModelConfig
 
@@ -15,14 +16,17 @@ def self_attention_mask(
 ) -> Mask:
     """The self-attention mask a config asks for, over query facts ``q`` and key facts ``k``.
 
-    ``bidirectional`` gives the encoder's ``full & same_segment``; otherwise ``causal`` or
-    ``prefix`` by ``cfg.mask``, packed by ``same_segment``, and narrowed by
-    ``sliding_window(attention.sliding_window)`` when set.
+    ``bidirectional`` (an encoder stack) gives ``cfg.encoder_mask``: ``full`` or the user's
+    mask; otherwise ``cfg.mask``: ``causal``, ``prefix`` or the user's mask, narrowed by
+    ``sliding_window(attention.sliding_window)`` when set. Either is packed by ``same_segment``.
     """
-    if bidirectional:
+    kind = cfg.encoder_mask if bidirectional else cfg.mask
+    if isinstance(kind, MaskPlugin):
+        mask = kind.build(q, k)
+    elif bidirectional:
         mask = masks.full(q, k)
     else:
-        mask = (masks.prefix if cfg.mask == "prefix" else masks.causal)(q, k)
-        if cfg.attention.sliding_window is not None:
-            mask = mask & masks.sliding_window(cfg.attention.sliding_window, q, k)
+        mask = (masks.prefix if kind == "prefix" else masks.causal)(q, k)
+    if not bidirectional and cfg.attention.sliding_window is not None:
+        mask = mask & masks.sliding_window(cfg.attention.sliding_window, q, k)
     return mask & masks.same_segment(q, k)

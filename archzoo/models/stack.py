@@ -13,9 +13,9 @@ from flax import nnx
 
 from archzoo.layers.attention import Attention
 from archzoo.layers.init import Parametrisation, parametrisation
-from archzoo.layers.mlp import Mlp
+from archzoo.layers.mlp import make_mlp
 from archzoo.layers.moe import MoE
-from archzoo.layers.norms import Norm
+from archzoo.layers.norms import make_norm
 from archzoo.layers.positions import (
     LearnedPositions,
     RelativePositionBias,
@@ -71,17 +71,17 @@ class Block(nnx.Module):
                 norm=cfg.norm,
             )
 
-        self.attn_norm = Norm(cfg.norm, D, rngs=rngs)
+        self.attn_norm = make_norm(cfg.norm, D, rngs=rngs)
         self.attn = attention()
-        self.cross_norm = Norm(cfg.norm, D, rngs=rngs) if cross else None
+        self.cross_norm = make_norm(cfg.norm, D, rngs=rngs) if cross else None
         self.cross_attn = attention() if cross else None
-        self.mlp_norm = None if cfg.parallel_block else Norm(cfg.norm, D, rngs=rngs)
+        self.mlp_norm = None if cfg.parallel_block else make_norm(cfg.norm, D, rngs=rngs)
         if moe:
             self.mlp = MoE(
                 cfg.moe, cfg.mlp, D, name=name, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std
             )
         else:
-            self.mlp = Mlp(cfg.mlp, D, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std)
+            self.mlp = make_mlp(cfg.mlp, D, rngs=rngs, init_std=init.hidden_std, out_std=init.residual_std)
 
     def _feed_forward(self, h_BLD: jax.Array, valid_BL: jax.Array | None, rng) -> tuple[jax.Array, LayerReport]:
         if isinstance(self.mlp, MoE):
@@ -169,14 +169,13 @@ class Stack(nnx.Module):
         init = parametrisation(cfg.init, cfg.d_model, cfg.head_dim, residual_branches=branches)
         learned = pos.kind == "learned"
         self.positions = LearnedPositions(pos, cfg.d_model, rngs=rngs, init_std=init.embedding_std) if learned else None
-        self.relative_bias = (
-            RelativePositionBias(pos, cfg.attention.num_heads, bidirectional=bidirectional, rngs=rngs)
-            if pos.kind == "t5_bias"
-            else None
-        )
+        # an attention-logit bias from positions: T5's table, or the user's (layers/plugins.py)
+        bias = RelativePositionBias if pos.kind == "t5_bias" else None if isinstance(pos.kind, str) else pos.kind.resolve()
+        options = {} if isinstance(pos.kind, str) else pos.kind.kwargs
+        self.relative_bias = bias and bias(pos, cfg.attention.num_heads, bidirectional=bidirectional, rngs=rngs, **options)
         self.alibi_slopes = tuple(float(s) for s in alibi_slopes(cfg.attention.num_heads)) if pos.kind == "alibi" else None
         self.rope_inv_freq = tuple(float(f) for f in rope_inverse_frequencies(pos, cfg.head_dim)) if pos.kind == "rope" else None
-        self.embed_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.embedding_norm else None
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.embedding_norm else None
         moe = cfg.moe
         # scanned, every block is alike, so an MoE layer's name holds the layer as a field
         blocks = [
@@ -195,7 +194,7 @@ class Stack(nnx.Module):
         # leading axis (logical name "layers"), run by jax.lax.scan
         self.blocks = None if cfg.scan_layers else nnx.List(blocks)
         self.layers = stack_blocks(blocks) if cfg.scan_layers else None
-        self.final_norm = Norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.final_norm else None
+        self.final_norm = make_norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.final_norm else None
         self.remat = cfg.remat
         if cfg.remat == "attention":
             (self.layers if cfg.scan_layers else self.blocks).set_attributes(Attention, remat_core=True)

@@ -29,17 +29,27 @@ A run config names its objective through :class:`ObjectiveConfig`::
     objective:
       name: span_corruption
       span_corruption: {noise_density: 0.15, mean_span_length: 3.0}
+
+or an objective of the user's own by import path (:class:`ObjectivePlugin`), its settings next
+to the path::
+
+    objective:
+      name: {path: mypkg.objectives:reverse_lm, append_eos: false}
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import typing
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
+import numpy as np
 
-from archzoo.config import invalid
+from archzoo.config import ConfigError, from_dict, invalid, to_dict
+from archzoo.plugins import Plugin
 from archzoo.data.special import SpecialTokens
 from archzoo.objectives.causal_lm import CausalLmConfig, causal_lm
 from archzoo.objectives.example import Example, example_rng, is_sentinel, reconstruct
@@ -77,6 +87,7 @@ __all__ = [
     "corrupt_spans",
     "dense_targets",
     "OBJECTIVES",
+    "ObjectivePlugin",
     "build_objective",
 ]
 
@@ -94,6 +105,103 @@ OBJECTIVES: dict[str, tuple[type, Callable[..., Example]]] = {
 
 
 @dataclass(frozen=True)
+class ObjectivePlugin(Plugin):
+    """An objective of the user's own (``objective.name``), called as the built-ins are.
+
+    The protocol: a function ``fn(tokens, rng, cfg, special, *, ends_document) -> Example``
+    (``tokens`` int ``[L]`` of one document chunk without special tokens, ``rng`` the
+    example's numpy Generator, ``special`` the tokenizer's
+    :class:`~archzoo.data.special.SpecialTokens`), whose ``cfg`` parameter is annotated with
+    its own frozen config dataclass: the settings next to the path are that dataclass's fields,
+    checked as built-in settings are. The config class may say how much longer an example is
+    than its chunk, as ``growth: ClassVar = (added tokens, tokens per chunk token)`` (default
+    ``(1, 1.0)``: one eos), so the pipeline picks chunks whose examples fit the rows.
+
+    Attributes:
+      config: the settings, an instance of the ``cfg`` annotation.
+    """
+
+    config: Any = None
+
+    what = "objective"
+
+    @classmethod
+    def config_class(cls, obj, path: str = "", key: str = "objective.name", where: str = "") -> type:
+        """The dataclass the ``cfg`` parameter of ``obj`` is annotated with."""
+        try:
+            hints = typing.get_type_hints(obj)
+        except Exception as e:
+            raise ConfigError(f"{where}{key}: {path}: its annotations cannot be read ({type(e).__name__}: {e})") from None
+        config = hints.get("cfg")
+        if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+            raise ConfigError(
+                f"{where}{key}: {path}: annotate its cfg parameter with its own config dataclass "
+                f"(def {getattr(obj, '__name__', 'objective')}(tokens, rng, cfg: MyConfig, special, *, ends_document)), got {config!r}"
+            )
+        return config
+
+    @classmethod
+    def check(cls, obj, path, key, where):
+        if not callable(obj) or inspect.isclass(obj):
+            raise ConfigError(f"{where}{key}: {path} is a {type(obj).__name__}, not an objective function")
+        params = inspect.signature(obj).parameters
+        needed = ("tokens", "rng", "cfg", "special", "ends_document")
+        missing = [n for n in needed if n not in params]
+        if missing:
+            raise ConfigError(
+                f"{where}{key}: {path} has the wrong signature {inspect.signature(obj)}: an objective is "
+                f"fn(tokens, rng, cfg, special, *, ends_document) -> Example; it lacks {', '.join(missing)}"
+            )
+        cls.config_class(obj, path, key, where)
+
+    @classmethod
+    def from_config(cls, value, key, data=None, leaf=None):
+        plugin = super().from_config(value, key, data, leaf)
+        if plugin.config is not None:
+            return plugin
+        settings = value if isinstance(value, dict) else {}
+        given = type(settings)({k: v for k, v in settings.items() if k != "path"})
+        for attr in ("lines", "file"):  # keep the file and line of each setting for messages
+            if hasattr(settings, attr):
+                setattr(given, attr, getattr(settings, attr))
+        config = from_dict(cls.config_class(plugin.resolve(), plugin.path, key), given, prefix=f"{key}.")
+        return cls(plugin.path, (), config)
+
+    @classmethod
+    def parse_options(cls, obj, path, given, key, holder):
+        return ()  # the settings are the config dataclass's fields (from_config)
+
+    def to_config(self):
+        settings = to_dict(self.config) if self.config is not None else {}
+        default = to_dict(type(self.config)()) if self.config is not None and _has_defaults(type(self.config)) else None
+        return self.path if settings == default else {"path": self.path, **settings}
+
+    @property
+    def growth(self) -> tuple[int, float]:
+        """(tokens added, tokens per chunk token) of the longest example, as its config says."""
+        return tuple(getattr(type(self.config), "growth", (1, 1.0)))
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _has_defaults(config: type) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(config))
+
+
+def check_example(example, label: str, special: SpecialTokens) -> None:
+    """Refuses what a user's objective returned when it is not an :class:`Example` of int ids.
+
+    Raises:
+      TypeError: naming the objective and what came back.
+    """
+    if not isinstance(example, Example):
+        raise TypeError(f"objective {label} returned a {type(example).__name__}; an objective returns archzoo.objectives.Example(inputs, targets)")
+    if example.targets.size == 0:
+        raise ValueError(f"objective {label} returned an example without targets: {example!r}")
+
+
+@dataclass(frozen=True)
 class ObjectiveConfig:
     """Which objective a run trains on, and the settings of each (only the named one is used).
 
@@ -102,7 +210,7 @@ class ObjectiveConfig:
       causal_lm, prefix_lm, span_corruption, ul2, mlm: settings of that objective.
     """
 
-    name: Literal["causal_lm", "prefix_lm", "span_corruption", "ul2", "mlm"] = "causal_lm"
+    name: Literal["causal_lm", "prefix_lm", "span_corruption", "ul2", "mlm"] | ObjectivePlugin = "causal_lm"
     causal_lm: CausalLmConfig = dataclasses.field(default_factory=CausalLmConfig)
     prefix_lm: PrefixLmConfig = dataclasses.field(default_factory=PrefixLmConfig)
     span_corruption: SpanCorruptionConfig = dataclasses.field(default_factory=SpanCorruptionConfig)
@@ -110,13 +218,20 @@ class ObjectiveConfig:
     mlm: MlmConfig = dataclasses.field(default_factory=MlmConfig)
 
     def __post_init__(self):
-        if self.name not in OBJECTIVES:
+        if not isinstance(self.name, ObjectivePlugin) and self.name not in OBJECTIVES:
             raise invalid("objective.name", f"{self.name!r} is not one of {', '.join(OBJECTIVES)}")
 
     @property
     def selected(self):
-        """The settings of the named objective."""
+        """The settings of the named objective (a plug-in's: its config dataclass)."""
+        if isinstance(self.name, ObjectivePlugin):
+            return self.name.config
         return getattr(self, self.name)
+
+    @property
+    def label(self) -> str:
+        """The built-in name, or the plug-in's import path."""
+        return str(self.name)
 
 
 def build_objective(cfg, special: SpecialTokens = SpecialTokens()) -> Objective:
@@ -135,6 +250,12 @@ def build_objective(cfg, special: SpecialTokens = SpecialTokens()) -> Objective:
       ConfigError: for an MLM config without a valid vocab_size.
       TypeError: for anything that is not one of the configs above.
     """
+    if isinstance(cfg, ObjectiveConfig) and isinstance(cfg.name, ObjectivePlugin):
+        plugin = cfg.name
+        objective = functools.partial(plugin.resolve(), cfg=plugin.config, special=special)
+        probe = np.arange(special.count, special.count + 24, dtype=np.int32)
+        check_example(objective(probe, np.random.default_rng(0), ends_document=True), plugin.path, special)
+        return objective
     if isinstance(cfg, ObjectiveConfig):
         cfg = cfg.selected
     for config_class, function in OBJECTIVES.values():

@@ -29,12 +29,13 @@ from archzoo.features.pipeline import check_row_lengths
 from archzoo.models.config import ModelConfig, check_seed
 from archzoo.models.ladder import LadderConfig, size_model
 from archzoo.objectives import ObjectiveConfig
+from archzoo.plugins import add_paths, sources
 from archzoo.distributed import DistributedConfig
 from archzoo.sharding import MeshConfig
 from archzoo.tasks.config import EvalConfig
 from archzoo.train.optimizer import OptimizerConfig
 
-__all__ = ["BudgetConfig", "Experiment", "RunConfig", "TrainConfig", "load_experiment", "load_run_configs"]
+__all__ = ["BudgetConfig", "Experiment", "RunConfig", "TrainConfig", "from_resolved", "load_experiment", "load_run_configs"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ class RunConfig:
       distributed: how this process joins the others of a run of several processes
         (:class:`~archzoo.distributed.DistributedConfig`; the ``ARCHZOO_*`` environment
         variables override it); None: one process, unless the environment says otherwise.
+      plugin_paths: folders put on ``sys.path`` before the config's plug-ins are imported
+        (relative to the config file; the resolved config holds them absolute). Read by
+        :func:`load_experiment`: in a mapping built in Python, import the packages yourself.
     """
 
     name: str = "run"
@@ -170,6 +174,7 @@ class RunConfig:
     eval: EvalConfig | None = None
     mesh: MeshConfig | None = None
     distributed: DistributedConfig | None = None
+    plugin_paths: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in (".", ".."):
@@ -189,7 +194,7 @@ class RunConfig:
         if self.objective.name == "mlm" and self.model.family != "encoder":
             raise invalid("objective.name", f"mlm trains the encoder family, not model.family={self.model.family!r}")
         if self.model.family == "encoder" and self.objective.name != "mlm":
-            raise invalid("model.family", f"the encoder family trains with objective mlm, not {self.objective.name!r}")
+            raise invalid("model.family", f"the encoder family trains with objective mlm, not {self.objective.label!r}")
         check_row_lengths(self.objective.name, self.model.family, self.train)
 
     @property
@@ -268,6 +273,8 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise TypeError(f"path: expected a YAML file path, got {type(path).__name__} {path!r}")
     path = Path(path)
     data = _load_with_base(path)
+    if "plugin_paths" in data:  # before any plug-in of the config is imported
+        data["plugin_paths"] = list(add_paths(data["plugin_paths"], path.parent, _where(data, "plugin_paths")))
     if "axes" in data:
         return _axis_runs(path, data, overrides)
     if "exclude" in data:
@@ -317,7 +324,26 @@ def _axis_runs(path: Path, data: dict, overrides: list[str]) -> Experiment:
 
 
 def resolved(cfg: RunConfig) -> dict:
-    """The config as plain data, every default filled in (written to the run directory)."""
+    """The config as plain data, every default filled in (written to the run directory); with
+    plug-ins, a ``plugins`` section records each one's path, source file and its SHA-256 by the
+    key that names it, so a resumed run notices a changed plug-in."""
     from archzoo.config import to_dict
 
-    return to_dict(cfg)
+    out = to_dict(cfg)
+    found = sources(cfg)
+    if found:
+        out["plugins"] = found
+    return out
+
+
+def from_resolved(data: dict) -> RunConfig:
+    """The run config a run directory's ``config.yaml`` holds (what :func:`resolved` wrote),
+    its plug-in folders put on ``sys.path`` first.
+
+    Raises:
+      ConfigError: naming the key (a plug-in that no longer imports, among others).
+    """
+    data = {k: v for k, v in data.items() if k != "plugins"}
+    if data.get("plugin_paths"):
+        add_paths(data["plugin_paths"], Path("."))
+    return from_dict(RunConfig, data)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from archzoo.models.config import ModelConfig
+from archzoo.models.config import ModelConfig, plugin_matmul_params
 
 __all__ = ["stack_matmul_params", "feed_forward_params", "forward_flops_per_token", "train_flops_per_token", "train_flops"]
 
@@ -36,13 +36,17 @@ def _mlp_params(cfg: ModelConfig, d_ff: int) -> int:
 
 
 def feed_forward_params(cfg: ModelConfig, stack: str, layer: int) -> int:
-    """Matmul weights one token passes through in a block's MLP or MoE layer."""
+    """Matmul weights one token passes through in a block's MLP or MoE layer (a plug-in MLP or
+    router: the elements of its parameters of two or more dimensions)."""
     moe = cfg.moe
     if moe is None or not moe.is_moe(stack, layer):
+        if not isinstance(cfg.mlp.kind, str):
+            return plugin_matmul_params(cfg, "mlp.kind")
         return _mlp_params(cfg, cfg.mlp.d_ff)
     routed = moe.k * _mlp_params(cfg, moe.expert_width(cfg.mlp.d_ff))
     shared = _mlp_params(cfg, moe.shared_width(cfg.mlp.d_ff)) + (cfg.d_model if moe.shared_gate else 0)
-    return cfg.d_model * moe.experts + routed + shared
+    router = cfg.d_model * moe.experts if isinstance(moe.router_logits, str) else plugin_matmul_params(cfg, "moe.router_logits")
+    return router + routed + shared
 
 
 def stack_matmul_params(cfg: ModelConfig, num_layers: int, cross: bool, stack: str = "decoder") -> int:

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from archzoo.analysis.runs import write_record
-from archzoo.config import ConfigError
+from archzoo.config import ConfigError, to_dict
 from archzoo.distributed import exchange, initialize
 from archzoo.features.run_data import RunData, build_run_data
 from archzoo.layers.kernels import check_backend
@@ -97,8 +97,8 @@ def _run_facts(cfg: RunConfig, data: RunData, n) -> dict:
     """The facts of ``run.json``: what a plot or a fit needs to know besides the metrics."""
     facts = {
         "family": cfg.model.family,
-        "mask": cfg.model.mask,
-        "objective": cfg.objective.name,
+        "mask": to_dict(cfg.model.mask),
+        "objective": cfg.objective.label,
         "params": n.total,
         "non_embedding_params": n.non_embedding,
         "active_params": n.active,
@@ -190,13 +190,15 @@ def _non_finite_error(
     )
 
 
-def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = None) -> dict:
+def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = None, allow_plugin_change: bool = False) -> dict:
     """Trains one run to its budget (or to a SIGTERM), writing its run directory.
 
     Args:
       cfg: the run.
       overwrite: replace a run directory that holds a different config.
       progress: show a progress bar (default: ``cfg.train.progress``).
+      allow_plugin_change: resume a run although a plug-in's source changed since it started
+        (otherwise refused, naming the plug-in).
 
     Returns:
       the run's summary (also written to ``run.json``, beside its facts). A run of this config
@@ -214,7 +216,7 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
     initialize(cfg.distributed)
     if jax.process_index() != 0:  # process 0 holds and writes the directory; the others follow it
         done = exchange("done", None)[0]
-        return done if done is not None else _train(cfg, overwrite, progress)
+        return done if done is not None else _train(cfg, overwrite, progress, allow_plugin_change)
     with hold_run_dir(cfg.run_dir):
         config = resolved(cfg)
         done = None if overwrite else completed_summary(cfg.run_dir, config)
@@ -222,13 +224,13 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
         if done is not None:
             return done
         try:
-            return _train(cfg, overwrite, progress)
+            return _train(cfg, overwrite, progress, allow_plugin_change)
         except Exception as e:
             record_failure(cfg.run_dir, config, type(e).__name__, str(e), "".join(traceback.format_exception(e)))
             raise
 
 
-def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
+def _train(cfg: RunConfig, overwrite: bool, progress: bool | None, allow_plugin_change: bool = False) -> dict:
     """:func:`train`, once process 0 holds the run directory (every process runs it)."""
     run_dir, budget = cfg.run_dir, cfg.budget
     wall_start = time.perf_counter()
@@ -247,7 +249,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     )
     evaluation = _task_evaluation(cfg)  # its tasks read (and checked) before the directory is taken
     if primary:
-        resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite)
+        resuming = prepare_run_dir(run_dir, resolved(cfg), overwrite, allow_plugin_change)
         clear_failure(run_dir)
         data.tokenizer.save(run_dir / data.tokenizer.file_name)
     resuming = exchange("prepared", resuming if primary else None)[0]
@@ -410,7 +412,7 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None) -> dict:
     summary = {
         "name": cfg.name,
         "family": cfg.model.family,
-        "mask": cfg.model.mask,
+        "mask": to_dict(cfg.model.mask),
         "params": n.total,
         "steps": counters["step"],
         "target_tokens": counters["target_tokens"],

@@ -14,7 +14,10 @@ import yaml
 
 from archzoo.analysis.runs import ERROR_FILE
 
-__all__ = ["MetricsWriter", "RunDirBusy", "RunDirError", "clear_failure", "completed_summary", "hold_run_dir", "prepare_run_dir", "record_failure"]
+__all__ = [
+    "MetricsWriter", "RunDirBusy", "RunDirError", "clear_failure", "completed_summary", "hold_run_dir", "plugin_change",
+    "prepare_run_dir", "record_failure",
+]
 
 LOCK_FILE = "archzoo.lock"  # held (flock) by the one process training in the directory
 HOLDER_FILE = "archzoo.pid"  # that process's id, beside the lock: opening a lock may truncate it
@@ -108,24 +111,48 @@ def _dump(config: dict) -> str:
 # ``distributed`` which processes share it;
 # ``model.remat`` what the backward pass recomputes instead of keeping (the same numbers);
 # ``model.attention.backend`` which kernel computes the same attention (``auto`` picks per device).
-_NOT_RESULTS = {"train.progress", "train.keep_checkpoints", "train.checkpoint_every", "model.remat", "model.attention.backend"}
+# ``plugin_paths`` where Python finds the plug-ins, and ``plugins.<key>.file`` where a plug-in's
+# source file is now: its SHA-256 is what says whether it changed.
+_NOT_RESULTS = {
+    "train.progress", "train.keep_checkpoints", "train.checkpoint_every", "model.remat", "model.attention.backend", "plugin_paths",
+}
 _NOT_RESULT_SECTIONS = ("eval", "mesh", "distributed")
 
 
 def _result_changes(old: dict, config: dict) -> list[str]:
     """The dotted keys where ``config`` trains differently from ``old``, sorted."""
     return sorted(
-        k for k in _diff(old, config) - _NOT_RESULTS if k.split(".", 1)[0] not in _NOT_RESULT_SECTIONS
+        k
+        for k in _diff(old, config) - _NOT_RESULTS
+        if k.split(".", 1)[0] not in _NOT_RESULT_SECTIONS and not (k.startswith("plugins.") and k.endswith(".file"))
     )
 
 
-def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
+def _plugin_changes(old: dict, config: dict, changed: list[str]) -> str | None:
+    """When only plug-in sources changed: a sentence naming each, else None."""
+    if not changed or not all(k.startswith("plugins.") for k in changed):
+        return None
+    keys = sorted({k[len("plugins."):].rsplit(".", 1)[0] for k in changed})
+    now, then = config.get("plugins", {}), old.get("plugins", {})
+    parts = []
+    for key in keys:
+        new, was = now.get(key, {}), then.get(key, {})
+        parts.append(
+            f"{key}: {new.get('path') or was.get('path')} ({new.get('file') or was.get('file')}) has sha256 "
+            f"{str(new.get('sha256'))[:12]}, the run was trained with {str(was.get('sha256'))[:12]}"
+        )
+    return "; ".join(parts)
+
+
+def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool, allow_plugin_change: bool = False) -> bool:
     """Creates the run directory or checks it belongs to this config.
 
     Args:
       run_dir: the run's directory.
       config: the resolved config.
       overwrite: start afresh in a directory that holds a run (this config's or another's).
+      allow_plugin_change: resume although a plug-in's source file changed since the run
+        started (its new hash is recorded).
 
     Returns:
       True when the directory already held this run (resume), False when it starts fresh.
@@ -139,9 +166,15 @@ def prepare_run_dir(run_dir: Path, config: dict, overwrite: bool) -> bool:
         if path.exists():
             old = _read_config(path, overwrite)
             changed = _result_changes(old, config)
-            if not changed and not overwrite:
+            plugin_change = _plugin_changes(old, config, changed)
+            if (not changed or (plugin_change and allow_plugin_change)) and not overwrite:
                 path.write_text(_dump(config))
                 return True
+            if plugin_change and not overwrite:
+                raise RunDirError(
+                    f"{run_dir}: a plug-in changed since this run was trained ({plugin_change}); resuming would train on "
+                    "with other code. Restore it, pass --allow-plugin-change to resume anyway, or --overwrite to start afresh"
+                )
             if not overwrite:
                 raise RunDirError(
                     f"{run_dir} holds a run with a different config (differs at: {', '.join(changed[:6]) or 'format'}); "
@@ -166,6 +199,18 @@ def _same_run(run_dir: Path, config: dict) -> bool:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return False
     return isinstance(old, dict) and not _result_changes(old, config)
+
+
+def plugin_change(run_dir: Path, config: dict) -> str | None:
+    """When ``run_dir`` holds a run of ``config`` but for plug-in sources that changed since:
+    a sentence naming each changed plug-in; else None."""
+    try:
+        old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    return _plugin_changes(old, config, _result_changes(old, config))
 
 
 def completed_summary(run_dir: Path, config: dict) -> dict | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from archzoo.analysis.runs import SWEEP_FILE, RecordError, is_run_dir, load_run, sweep_manifest, write_text_atomic
 from archzoo.config import ConfigError
 from archzoo.train.config import Experiment, RunConfig, resolved
-from archzoo.train.rundir import _same_run, record_failure
+from archzoo.train.rundir import _same_run, plugin_change, record_failure
 
 __all__ = [
     "EXIT_BUSY",
@@ -131,7 +131,7 @@ def _status(cfg: RunConfig) -> tuple[str, int]:
     return ("failed" if record.error else "partial"), step
 
 
-def plan_sweep(experiment: Experiment, *, overwrite: bool = False) -> list[PlannedRun]:
+def plan_sweep(experiment: Experiment, *, overwrite: bool = False, allow_plugin_change: bool = False) -> list[PlannedRun]:
     """Where each run of ``experiment`` stands, after checking the sweep directory is its own.
 
     Raises:
@@ -158,6 +158,15 @@ def plan_sweep(experiment: Experiment, *, overwrite: bool = False) -> list[Plann
                 "since removed): give this experiment another out_dir, or move them away"
             )
     differ = [c.name for c in experiment.runs if (c.run_dir / "config.yaml").exists() and not _same_run(c.run_dir, resolved(c))]
+    changed = {c.name: plugin_change(c.run_dir, resolved(c)) for c in experiment.runs if c.name in differ}
+    plugin_only = [name for name, why in changed.items() if why]
+    if plugin_only and not overwrite and not allow_plugin_change:
+        raise ConfigError(
+            f"{sweep_dir}: a plug-in changed since runs {', '.join(plugin_only[:8])} were trained ({changed[plugin_only[0]]}); "
+            "restore it, pass --allow-plugin-change to resume them anyway, or --overwrite to train them afresh"
+        )
+    if allow_plugin_change:
+        differ = [name for name in differ if name not in plugin_only]
     if differ and not overwrite:
         raise ConfigError(
             f"{sweep_dir}: runs {', '.join(differ[:8])} hold another config than {experiment.path} gives them; "
@@ -260,7 +269,8 @@ def format_plan(experiment: Experiment, runs: list[PlannedRun], jobs: int) -> st
     header = ["run", "family", "params", "non-emb", "active", "steps", "FLOPs", "est. time", "status"]
     rows = [header]
     for r in runs:
-        fam = r.cfg.model.family + (" (prefix)" if r.cfg.model.mask == "prefix" else "")
+        mask = r.cfg.model.mask
+        fam = r.cfg.model.family + ("" if mask == "causal" else f" ({mask})")
         e = r.estimate
         status = r.status if r.status != "partial" else f"resume at step {r.step}"
         rows.append([
@@ -427,6 +437,7 @@ def run_sweep(
     launcher_params: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    allow_plugin_change: bool = False,
 ) -> SweepResult:
     """Trains every run of the plan that has not spent its budget, ``jobs`` at a time.
 
@@ -443,7 +454,10 @@ def run_sweep(
     shares = _cpu_shares(jobs)
     free = list(range(jobs))
     quiet = jobs > 1 or launcher != "local"
-    extra = [*overrides, "--no-table", *(["--overwrite"] if overwrite else []), *(["--no-progress"] if quiet or not progress else [])]
+    extra = [
+        *overrides, "--no-table", *(["--overwrite"] if overwrite else []), *(["--no-progress"] if quiet or not progress else []),
+        *(["--allow-plugin-change"] if allow_plugin_change else []),
+    ]
     if quiet:
         (sweep_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[PlannedRun, object, int, Path | None]] = {}
