@@ -143,7 +143,7 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if _is_plugin_type(tp):
-        return f"a {tp.what} plug-in 'package.module:attribute'"
+        return f"{tp.what_a()} plug-in 'package.module:attribute'"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -172,7 +172,7 @@ def _coerce(value: Any, tp: Any, key: str, data: Any, leaf: str) -> Any:
             try:
                 return _coerce(value, Union[tuple(others)] if len(others) > 1 else others[0], key, data, leaf)
             except ConfigError as e:
-                raise ConfigError(f"{e}; or a {plugin.what} of your own as 'package.module:attribute'") from None
+                raise ConfigError(f"{e}; or {plugin.what_a()} of your own as 'package.module:attribute'") from None
         errors = []
         for arg in args:
             if arg is type(None):

@@ -769,7 +769,7 @@ class Predicate:
         return hash((self.name, self.params))
 
 
-def predicate(fn, *, name: str | None = None, **params) -> Predicate:
+def predicate(fn, /, *, name: str | None = None, **params) -> Predicate:
     """A mask constructor from a predicate over query facts and key facts (a ``mask_mod``).
 
     ``fn(q, k, **params)`` receives broadcast facts (query side ``[B, Q, 1]``, key side
@@ -797,7 +797,8 @@ def predicate(fn, *, name: str | None = None, **params) -> Predicate:
     Args:
       fn: the predicate.
       name: how masks of it describe themselves (default: the function's qualified name).
-      **params: keyword arguments passed to ``fn``; hashable values (numbers, strings, tuples).
+      **params: keyword arguments passed to ``fn`` (any name but ``name``); hashable values
+        (numbers, strings, tuples).
 
     Raises:
       TypeError: ``fn`` is not callable or a parameter is not hashable.

@@ -27,16 +27,49 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
-from archzoo.config import ConfigError, _coerce, _where
+from archzoo.config import ConfigError, _coerce, _where, invalid
 
-__all__ = ["Plugin", "resolve", "is_path", "plugins_of", "add_paths"]
+__all__ = ["Plugin", "resolve", "is_path", "plugins_of", "add_paths", "accept_paths"]
 
 
 def is_path(value) -> bool:
-    """Whether a config value names a plug-in (``"module:attribute"`` or ``{path: ...}``)."""
+    """Whether a config value names a plug-in: ``"module:attribute"``, or a mapping (a
+    plug-in's path with its options; no built-in choice is a mapping)."""
     if isinstance(value, str):
         return ":" in value
-    return isinstance(value, dict) and "path" in value
+    return isinstance(value, dict)
+
+
+def accept_paths(cfg, section: str, **fields: type) -> None:
+    """For a config built in Python (not read by :func:`archzoo.config.from_dict`): each field
+    given as a plug-in path (or mapping) becomes its :class:`Plugin`, checked as when read from
+    a file; a string that is neither a built-in choice nor a path is refused.
+
+    Args:
+      cfg: the frozen config dataclass, in its ``__post_init__``.
+      section: its dotted prefix in messages (``mlp.``).
+      **fields: field name -> its Plugin class.
+
+    Raises:
+      ConfigError: naming ``section + field``.
+    """
+    hints = typing.get_type_hints(type(cfg))
+    for name, plugin in fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, Plugin):
+            continue
+        if is_path(value):
+            object.__setattr__(cfg, name, plugin.from_config(value, f"{section}{name}"))
+            continue
+        choices = [c for a in typing.get_args(hints[name]) for c in typing.get_args(a)]
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise invalid(
+                f"{section}{name}",
+                f"{value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}; "
+                f"or {plugin.what_a()} of your own as 'package.module:attribute'",
+            )
 
 
 def resolve(path: str, key: str = "plug-in", where: str = ""):
@@ -74,6 +107,12 @@ def resolve(path: str, key: str = "plug-in", where: str = ""):
     return obj
 
 
+def with_article(noun: str) -> str:
+    """``a mask``, ``an objective``, ``an MLP`` (an acronym read letter by letter)."""
+    vowel = noun[:1].lower() in "aeiou" or (noun.isupper() and noun[:1] in "AEFHILMNORSX")
+    return f"{'an' if vowel else 'a'} {noun}"
+
+
 def _frozen(value):
     """Option values as hashable config values (lists become tuples)."""
     if isinstance(value, (list, tuple)):
@@ -101,6 +140,11 @@ class Plugin:
     what: ClassVar[str] = "component"
     reserved: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def what_a(cls) -> str:
+        """``what`` with its article: an MLP, a mask."""
+        return with_article(cls.what)
+
     # -- from a config -----------------------------------------------------------------------
     @classmethod
     def from_config(cls, value, key: str, data=None, leaf: str | None = None) -> "Plugin":
@@ -125,7 +169,10 @@ class Plugin:
             path, holder = value["path"], value
             given = {k: v for k, v in value.items() if k != "path"}
         else:
-            raise ConfigError(f"{where}{key}: expected a {cls.what} plug-in path 'package.module:attribute' or {{path: ..., option: value}}, got {value!r}")
+            raise ConfigError(
+                f"{where}{key}: expected {cls.what_a()} plug-in: a path 'package.module:attribute', or a mapping with its "
+                f"path and options {{path: 'package.module:attribute', option: value}}; got {value!r}"
+            )
         obj = resolve(path, key, where)
         cls.check(obj, path, key, where)
         options = cls.parse_options(obj, path, given, key, holder)
@@ -161,7 +208,12 @@ class Plugin:
         for name, value in given.items():
             if name not in params:
                 close = difflib.get_close_matches(str(name), list(params), n=1)
-                hint = f"; did you mean {key}.{close[0]}?" if close else f"; its options: {', '.join(params) or 'none'}"
+                if close:
+                    hint = f"; did you mean {key}.{close[0]}?"
+                elif not params and not callable(getattr(obj, "__code__", None)) and hasattr(obj, "params"):
+                    hint = f"; it takes none (its parameters {dict(obj.params)} were fixed where it was made)"
+                else:
+                    hint = f"; its options: {', '.join(params) or 'none'}"
                 raise ConfigError(f"{_where(holder, name)}unknown option '{key}.{name}' of {path}{hint}")
             tp = hints.get(name, Any)
             try:
@@ -170,6 +222,9 @@ class Plugin:
             except TypeError:
                 raise ConfigError(f"{_where(holder, name)}{key}.{name}: expected a number, string, boolean or list, got {value!r}") from None
         missing = [n for n, p in params.items() if p.default is p.empty and n not in options]
+        for name, p in params.items():  # defaults written out, so a config states every option it runs with
+            if name not in options and p.default is not p.empty and _plain(p.default):
+                options[name] = _frozen(p.default)
         if missing:
             raise ConfigError(f"{_where(holder, None)}{key}: {path} needs the option(s) {', '.join(missing)} (no default)")
         return tuple(sorted(options.items()))
@@ -204,6 +259,14 @@ class Plugin:
     def __str__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.options)
         return f"{self.path}({args})" if args else self.path
+
+
+def _plain(value) -> bool:
+    """A value a YAML file can hold and a config can hash: None, a bool, number or string, or
+    a list of them."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _checkable(tp) -> bool:

@@ -13,6 +13,14 @@ import pytest
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+# One persistent compilation cache for the test processes, the subprocesses they start and the
+# next session: many tests train the same tiny models in other processes (runs, sweeps, faults,
+# evaluation), and a step compiled once is read back instead of compiled again. A cached
+# executable is the one the compiler would give, so no number changes. The key holds the
+# computation, the flags and the jax version, so a change of code compiles afresh.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax-test-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 
 @pytest.fixture(scope="session")
 def trained_run_dirs(tmp_path_factory):

@@ -37,6 +37,7 @@ __all__ = [
     "Comparison",
     "SweepAnalysis",
     "family_label",
+    "mask_label",
     "run_points",
     "pareto_frontier",
     "isoflop_budgets",
@@ -49,10 +50,21 @@ MIN_SIZES = 3  # distinct sizes a power law E + a x^-b needs (three parameters)
 ISOFLOP_TOLERANCE = 0.1  # runs whose FLOPs lie within 10% of a group's smallest share a budget
 
 
+def mask_label(mask) -> str:
+    """A run's mask as its facts hold it: ``causal``, ``prefix``, or a plug-in's path with its
+    options (``pkg.masks:chunked(size=16)``)."""
+    if isinstance(mask, dict):
+        options = ", ".join(f"{k}={v!r}" for k, v in mask.items() if k != "path")
+        return f"{mask.get('path')}({options})" if options else str(mask.get("path"))
+    return "causal" if mask is None else str(mask)
+
+
 def family_label(facts: dict) -> str:
-    """ "causal decoder", "prefix decoder", "encoder-decoder" or "encoder"."""
+    """ "causal decoder", "prefix decoder", "encoder-decoder" or "encoder"; a decoder with a mask
+    of the user's own: "decoder (its path and options)"."""
     if facts["family"] == "decoder":
-        return f"{facts.get('mask', 'causal')} decoder"
+        mask = mask_label(facts.get("mask"))
+        return f"{mask} decoder" if mask in ("causal", "prefix") else f"decoder ({mask})"
     return {"encoder_decoder": "encoder-decoder"}.get(facts["family"], facts["family"])
 
 

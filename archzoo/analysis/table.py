@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from archzoo.analysis.runs import RunRecord, write_text_atomic
+from archzoo.analysis.sweep import mask_label
 
 __all__ = ["SWEEP_COLUMNS", "comparison_table", "sweep_rows", "write_sweep_table"]
 
@@ -19,10 +20,8 @@ HEADER = (
 
 def _row(record: RunRecord) -> tuple[str, ...]:
     facts = record.facts
-    mask = facts.get("mask", "causal")
-    if isinstance(mask, dict):  # a plug-in with options: its path
-        mask = mask.get("path")
-    family = facts["family"] + ("" if mask in ("causal", None) else f" ({mask})")
+    mask = mask_label(facts.get("mask"))
+    family = facts["family"] + ("" if mask == "causal" else f" ({mask})")
     s = record.summary
     if s is None:  # still training, or killed: the counts of its last logged step
         last = record.metrics[-1] if record.metrics else {}

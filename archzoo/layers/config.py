@@ -10,6 +10,7 @@ from typing import Literal
 
 from archzoo.config import invalid
 from archzoo.layers.plugins import MlpPlugin, NormPlugin, PositionPlugin, RouterPlugin
+from archzoo.plugins import accept_paths
 
 __all__ = ["AttentionConfig", "MlpConfig", "MoeConfig", "NormConfig", "PositionConfig", "RopeScaling", "EmbeddingConfig", "InitConfig"]
 
@@ -87,6 +88,7 @@ class MlpConfig:
     bias: bool = True
 
     def __post_init__(self):
+        accept_paths(self, "mlp.", kind=MlpPlugin)
         if self.d_ff < 1:
             raise invalid("mlp.d_ff", f"must be >= 1, got {self.d_ff}")
 
@@ -114,6 +116,7 @@ class NormConfig:
     final_norm: bool = True
 
     def __post_init__(self):
+        accept_paths(self, "norm.", kind=NormPlugin)
         if self.eps < 0:
             raise invalid("norm.eps", f"must be >= 0, got {self.eps}")
 
@@ -166,6 +169,7 @@ class PositionConfig:
     max_distance: int = 128
 
     def __post_init__(self):
+        accept_paths(self, "position.", kind=PositionPlugin)
         if self.max_len < 1:
             raise invalid("position.max_len", f"must be >= 1, got {self.max_len}")
         if self.offset < 0:
@@ -339,6 +343,7 @@ class MoeConfig:
     allow_future_leak: bool = False
 
     def __post_init__(self):
+        accept_paths(self, "moe.", router_logits=RouterPlugin)
         if self.num_experts < 1:
             raise invalid("moe.num_experts", f"an MoE layer needs at least one expert, got {self.num_experts}")
         if self.granularity < 1:

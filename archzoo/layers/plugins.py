@@ -42,6 +42,7 @@ import numpy as np
 from archzoo import masks
 from archzoo.config import ConfigError, invalid
 from archzoo.plugins import Plugin
+from archzoo.plugins import with_article as _a
 
 __all__ = ["MaskPlugin", "MlpPlugin", "NormPlugin", "PositionPlugin", "RouterPlugin", "MaskReach", "mask_reach", "check_layer"]
 
@@ -66,7 +67,7 @@ class MaskPlugin(Plugin):
         if isinstance(obj, masks.Predicate):
             return
         if not callable(obj) or inspect.isclass(obj):
-            raise ConfigError(f"{where}{key}: {path} is a {type(obj).__name__}, not a function of (q, k) facts")
+            raise ConfigError(f"{where}{key}: {path} is {_a(type(obj).__name__)}, not a function of (q, k) facts")
         if len(_positional(obj)) < 2:
             raise ConfigError(
                 f"{where}{key}: {path} has the wrong signature {inspect.signature(obj)}: a mask takes the query "
@@ -96,14 +97,28 @@ def _builder(plugin: MaskPlugin):
     out = obj(probe, probe, **plugin.kwargs)
     if isinstance(out, masks.Mask):
         return functools.partial(obj, **plugin.kwargs)
-    return masks.predicate(obj, name=plugin.path, **plugin.kwargs)
+    return masks.Predicate(obj, plugin.path, plugin.options)  # options named name or fn are the user's
+
+
+# The probe rows a mask plug-in is evaluated on when a config loads, 40 tokens each: one example
+# without a prefix; one with a prefix of 5; four packed examples (prefixes of 3, 0, 6, 2) and
+# padding. Each row: (segment lengths, prefix lengths).
+_PROBE_ROWS = (((40,), (0,)), ((40,), (5,)), ((11, 9, 14, 3), (3, 0, 6, 2)))
+_PROBE_LEN = 40
 
 
 def _probe_facts() -> masks.TokenFacts:
-    """Two rows of 8 tokens, one example each: the first with a prefix of 3, the second none."""
-    is_input = np.zeros((2, 8), bool)
-    is_input[0, :3] = True
-    return masks.facts(segment_ids=np.ones((2, 8), np.int32), positions=np.tile(np.arange(8), (2, 1)), is_input=is_input)
+    """The probe rows (``_PROBE_ROWS``) as facts ``[3, 40]``."""
+    seg = np.zeros((len(_PROBE_ROWS), _PROBE_LEN), np.int32)
+    pos = np.zeros_like(seg)
+    is_input = np.zeros(seg.shape, bool)
+    for row, (lengths, prefixes) in enumerate(_PROBE_ROWS):
+        start = 0
+        for i, (n, p) in enumerate(zip(lengths, prefixes)):
+            seg[row, start : start + n], pos[row, start : start + n] = i + 1, np.arange(n)
+            is_input[row, start : start + p] = True
+            start += n
+    return masks.facts(segment_ids=seg, positions=pos, is_input=is_input)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,31 +136,37 @@ class MaskReach:
 
 @functools.lru_cache(maxsize=None)
 def mask_reach(plugin: MaskPlugin, key: str) -> MaskReach:
-    """Evaluates ``plugin & same_segment`` on two probe rows (8 tokens, with and without a
-    prefix of 3) and says which later keys it lets a query see.
+    """Evaluates ``plugin & same_segment`` on probe rows of 40 tokens (one example without a
+    prefix, one with, four packed ones and padding) and says which later keys it lets a query
+    of a real token see. A probe, not a proof: :func:`archzoo.testing.check_causal` proves a
+    model.
 
     Raises:
       ConfigError: naming ``key``: the predicate raises, returns something other than bool,
         or a shape that does not broadcast to ``[B, Q, K]``.
     """
     f = _probe_facts()
+    B, L = f.shape
     try:
         allowed = np.asarray((plugin.build(f) & masks.same_segment(f)).allowed())
     except Exception as e:  # the user's function: say what it did, in one line, at the key
-        raise invalid(key, f"{plugin} fails on a probe row of 8 tokens: {type(e).__name__}: {e}") from None
-    if allowed.shape != (2, 8, 8):
-        raise invalid(key, f"{plugin} gives a mask of shape {allowed.shape} for facts of shape (2, 8)")
-    inputs = np.asarray(f.is_input)
-    later = np.triu(np.ones((8, 8), bool), 1)[None]
+        raise invalid(key, f"{plugin} fails on probe rows of {L} tokens: {type(e).__name__}: {e}") from None
+    if allowed.shape != (B, L, L):
+        raise invalid(key, f"{plugin} gives a mask of shape {allowed.shape} for facts of shape {(B, L)}")
+    inputs, real, pos = np.asarray(f.is_input), np.asarray(f.segment_ids) != 0, np.asarray(f.positions)
+    later = np.triu(np.ones((L, L), bool), 1)[None] & real[:, :, None] & real[:, None, :]
     both_inputs = inputs[:, :, None] & inputs[:, None, :]
     bad = np.argwhere(allowed & later & ~both_inputs)
     leak = None
     if len(bad):
         row, q, k = bad[0]
-        where = "a row without a prefix" if row == 1 else "a row whose first 3 tokens are the prefix"
+        lengths, prefixes = _PROBE_ROWS[row]
+        example = int(np.asarray(f.segment_ids)[row, q]) - 1
+        where = f"an example of {lengths[example]} tokens with a prefix of {prefixes[example]}"
         leak = (
-            f"lets the query at position {q} see the later key at position {k} (in {where}); in a decoder stack that "
-            "shows each token the targets after it. Combine it with masks.causal (or masks.prefix), or use it as encoder_mask"
+            f"lets the query at position {pos[row, q]} see the later key at position {pos[row, k]} (in {where}, on a probe row); "
+            "in a decoder stack that shows each token the targets after it. Combine it with masks.causal (or masks.prefix), "
+            "or use it as encoder_mask"
         )
     return MaskReach(bool(np.any(allowed & later & both_inputs)), leak)
 
@@ -156,7 +177,7 @@ class _LayerPlugin(Plugin):
     @classmethod
     def check(cls, obj, path, key, where):
         if not inspect.isclass(obj):
-            raise ConfigError(f"{where}{key}: {path} is a {type(obj).__name__}, not a class (an nnx.Module) of the {cls.what} protocol")
+            raise ConfigError(f"{where}{key}: {path} is {_a(type(obj).__name__)}, not a class (an nnx.Module) of the {cls.what} protocol")
         try:
             params = inspect.signature(obj.__init__).parameters
         except (TypeError, ValueError):
@@ -206,12 +227,13 @@ class RouterPlugin(_LayerPlugin):
     reserved = ("self", "cfg", "d_model", "rngs", "init_std")
 
 
-def check_layer(key: str, plugin: Plugin, make, inputs: tuple, expected: list[tuple[int, ...]], *, dtype=None) -> int:
+def check_layer(key: str, plugin: Plugin, make, inputs: tuple, expected: list[tuple[int, ...]], *, dtype=None) -> tuple[int, int]:
     """Builds a layer plug-in abstractly (no memory) and checks its protocol.
 
     Returns:
-      its matmul weights: the elements of its parameters of two or more dimensions, which the
-      FLOP count takes as what each token passes through once (as for the built-in layers).
+      ``(parameters, matmul weights)``: the elements of all its parameters (the size ladder
+      counts them), and of those of two or more dimensions, which the FLOP count takes as what
+      each token passes through once (as for the built-in layers).
 
     Args:
       key: the config key that names it, for the error.
@@ -232,8 +254,9 @@ def check_layer(key: str, plugin: Plugin, make, inputs: tuple, expected: list[tu
         module = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     except Exception as e:
         raise invalid(key, f"{plugin} cannot be built by its protocol: {type(e).__name__}: {e}") from None
-    matmul = 0
+    total = matmul = 0
     for path, variable in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        total += int(np.prod(variable.shape))
         matmul += int(np.prod(variable.shape)) if len(variable.shape) >= 2 else 0
         name = "/".join(str(p) for p in path)
         meta = variable.get_metadata()
@@ -256,5 +279,5 @@ def check_layer(key: str, plugin: Plugin, make, inputs: tuple, expected: list[tu
         shapes = " or ".join(str(tuple(e)) for e in expected)
         raise invalid(key, f"{plugin} returns {got} for inputs of shape {', '.join(str(tuple(x.shape)) for x in inputs)}; its protocol returns {shapes}")
     if dtype is not None and jnp.dtype(out.dtype) != jnp.dtype(dtype):
-        raise invalid(key, f"{plugin} returns dtype {out.dtype}; its protocol returns {jnp.dtype(dtype)}")
-    return matmul
+        raise invalid(key, f"{plugin} returns dtype {out.dtype} for inputs of {inputs[0].dtype}; its protocol returns {jnp.dtype(dtype)}")
+    return total, matmul

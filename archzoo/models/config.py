@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from archzoo.config import apply_overrides, from_dict, invalid, load_yaml, to_dict
+from archzoo.plugins import accept_paths
 from archzoo.layers.plugins import MaskPlugin, MlpPlugin, NormPlugin, PositionPlugin, RouterPlugin, mask_reach
 
 from archzoo.layers.config import (
@@ -92,7 +93,7 @@ class ModelConfig:
       num_encoder_layers: encoder layers of an encoder-decoder (None = num_layers).
       mask: the decoder's self-attention mask kind: ``causal`` or ``prefix`` (bidirectional over
         tokens with ``is_input``), or a mask of the user's own by import path
-        (:class:`~archzoo.models.plugins.MaskPlugin`: a predicate over query and key facts, or a
+        (:class:`~archzoo.layers.plugins.MaskPlugin`: a predicate over query and key facts, or a
         function building a :class:`~archzoo.masks.Mask`). A prefix decoder is this class with
         another mask. Packing (``same_segment``) and ``attention.sliding_window`` are added to
         any of them. A mask of a decoder stack (the decoder's, the encoder-decoder's decoder's)
@@ -153,6 +154,7 @@ class ModelConfig:
     scan_layers: bool = False
 
     def __post_init__(self):
+        accept_paths(self, "", mask=MaskPlugin, encoder_mask=MaskPlugin)
         for name in ("vocab_size", "d_model", "num_layers"):
             if getattr(self, name) < 1:
                 raise invalid(name, f"must be >= 1, got {getattr(self, name)}")
@@ -194,21 +196,26 @@ class ModelConfig:
                         )
 
     def _check_layer_plugins(self):
-        """Each layer plug-in built abstractly at this config's widths: its output shape and its
-        parameters' logical axes (:func:`~archzoo.layers.plugins.check_layer`)."""
-        if isinstance(self.mlp.kind, MlpPlugin):
-            if self.moe is not None:
-                raise invalid(
-                    "mlp.kind",
-                    f"{self.mlp.kind} is a dense MLP; an MoE model's experts are the built-in MLP (mlp.kind: standard), batched over experts",
-                )
-            _check_layer_plugin("mlp.kind", self.mlp, self.d_model, self.attention.num_heads, None, self.dtype)
-        if isinstance(self.norm.kind, NormPlugin):
-            _check_layer_plugin("norm.kind", self.norm, self.d_model, self.attention.num_heads, None, self.dtype)
-        if isinstance(self.position.kind, PositionPlugin):
-            _check_layer_plugin("position.kind", self.position, self.d_model, self.attention.num_heads, None, self.dtype)
-        if self.moe is not None and isinstance(self.moe.router_logits, RouterPlugin):
-            _check_layer_plugin("moe.router_logits", self.moe, self.d_model, self.attention.num_heads, self.moe.experts, self.dtype)
+        """Each layer plug-in built abstractly at this config's widths: its output shape and dtype
+        and its parameters' logical axes (:func:`~archzoo.layers.plugins.check_layer`)."""
+        if isinstance(self.mlp.kind, MlpPlugin) and self.moe is not None:
+            raise invalid(
+                "mlp.kind",
+                f"{self.mlp.kind} is a dense MLP; an MoE model's experts are the built-in MLP (mlp.kind: standard), batched over experts",
+            )
+        keys = [
+            ("mlp.kind", isinstance(self.mlp.kind, MlpPlugin)),
+            ("norm.kind", isinstance(self.norm.kind, NormPlugin)),
+            ("position.kind", isinstance(self.position.kind, PositionPlugin)),
+            ("moe.router_logits", self.moe is not None and isinstance(self.moe.router_logits, RouterPlugin)),
+        ]
+        for key, own in keys:
+            if own:
+                layer_plugin_params(self, key)
+        if isinstance(self.norm.kind, NormPlugin) and self.attention.qk_norm is not None:
+            # the queries' and keys' norm: over each head, or over all heads together
+            width = self.head_dim * (self.attention.num_heads if self.attention.qk_norm == "full" else 1)
+            _check_layer_plugin("norm.kind", self.norm, width, 0, None, self.dtype, 0.0, 0.0)
 
     def _check_moe(self):
         """MoE placement inside the stacks, and expert choice only where it cannot leak."""
@@ -323,18 +330,32 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def plugin_matmul_params(cfg: ModelConfig, key: str) -> int:
-    """The matmul weights of the layer plug-in at ``key`` (``mlp.kind``, ``moe.router_logits``)
-    that a token passes through, for the FLOP count."""
+def layer_plugin_params(cfg: ModelConfig, key: str, d_model: int | None = None, d_ff: int | None = None) -> tuple[int, int]:
+    """``(parameters, matmul weights)`` of one layer of the plug-in at ``key`` (``mlp.kind``,
+    ``norm.kind``, ``position.kind``, ``moe.router_logits``), checked against its protocol: the
+    size ladder counts the first, the FLOP count the second (what a token passes through).
+
+    Args:
+      cfg: the model config.
+      key: which plug-in.
+      d_model, d_ff: other widths than the config's (the size ladder tries shapes).
+    """
+    from archzoo.layers.init import parametrisation
+
+    D = d_model or cfg.d_model
     section = {"mlp.kind": cfg.mlp, "norm.kind": cfg.norm, "position.kind": cfg.position, "moe.router_logits": cfg.moe}[key]
+    if d_ff is not None:
+        section = dataclasses.replace(section, d_ff=d_ff)
     E = cfg.moe.experts if key == "moe.router_logits" else None
-    return _check_layer_plugin(key, section, cfg.d_model, cfg.attention.num_heads, E, cfg.dtype)
+    init = parametrisation(cfg.init, D, cfg.head_dim, residual_branches=2 * cfg.num_layers)
+    return _check_layer_plugin(key, section, D, cfg.attention.num_heads, E, cfg.dtype, init.hidden_std, init.residual_std)
 
 
 @functools.lru_cache(maxsize=None)
-def _check_layer_plugin(key: str, section, D: int, H: int, E: int | None, dtype: str) -> int:
+def _check_layer_plugin(key: str, section, D: int, H: int, E: int | None, dtype: str, init_std: float, out_std: float) -> tuple[int, int]:
     """:func:`~archzoo.layers.plugins.check_layer` for the plug-in of ``section`` (the MLP, norm,
-    position or MoE config that names it), once per config and widths; its matmul weights."""
+    position or MoE config that names it), once per config and widths, built with the init
+    stds a model passes it."""
     import jax
     import jax.numpy as jnp
 
@@ -344,7 +365,8 @@ def _check_layer_plugin(key: str, section, D: int, H: int, E: int | None, dtype:
 
     x = jax.ShapeDtypeStruct((2, 3, D), jnp.dtype(dtype))
     if key == "mlp.kind":
-        return check_layer(key, section.kind, lambda rngs: make_mlp(section, D, rngs=rngs), (x,), [(2, 3, D)])
+        make = lambda rngs: make_mlp(section, D, rngs=rngs, init_std=init_std, out_std=out_std)  # noqa: E731
+        return check_layer(key, section.kind, make, (x,), [(2, 3, D)], dtype=x.dtype)
     if key == "norm.kind":
         return check_layer(key, section.kind, lambda rngs: make_norm(section, D, rngs=rngs), (x,), [(2, 3, D)], dtype=x.dtype)
     if key == "position.kind":
@@ -354,7 +376,7 @@ def _check_layer_plugin(key: str, section, D: int, H: int, E: int | None, dtype:
         return check_layer(key, own, make, (q, k), [(2, H, 5, 7), (1, H, 5, 7)])
     own = section.router_logits
     x32 = jax.ShapeDtypeStruct((2, 3, D), jnp.float32)
-    make = lambda rngs: own.resolve()(section, D, rngs=rngs, init_std=None, **own.kwargs)  # noqa: E731
+    make = lambda rngs: own.resolve()(section, D, rngs=rngs, init_std=init_std, **own.kwargs)  # noqa: E731
     return check_layer(key, own, make, (x32,), [(2, 3, E)])
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from archzoo.config import invalid
 from archzoo.models import count_params
-from archzoo.models.config import ModelConfig
+from archzoo.models.config import ModelConfig, layer_plugin_params
 
 __all__ = ["SIZES", "LadderConfig", "size_model"]
 
@@ -142,16 +142,34 @@ def _stack_params(base: ModelConfig, shape: _Shape, num_layers: int, cross: bool
     D, H, F = shape.d_model, shape.num_heads, shape.d_ff
     G, Dh = shape.num_kv_heads or H, D // H
     attn, mlp, norm = base.attention, base.mlp, base.norm
-    one_norm = D * (2 if norm.kind == "layernorm" and norm.bias else 1)
+    # a layer of the user's own (models/config.py: layer_plugin_params) counts as it is built
+    shaped = base.replace(d_model=D, attention=dataclasses.replace(attn, num_heads=H, num_kv_heads=shape.num_kv_heads, head_dim=None))
+    if isinstance(norm.kind, str):
+        one_norm = D * (2 if norm.kind == "layernorm" and norm.bias else 1)
+    else:
+        one_norm = layer_plugin_params(shaped, "norm.kind")[0]
     # q and o [D, H, Dh], k and v [D, G, Dh], then the biases
     attention = 2 * D * H * Dh + 2 * D * G * Dh + attn.bias * (H + 2 * G) * Dh + attn.out_bias * D
-    feed_forward = (3 if mlp.gated else 2) * D * F + mlp.bias * (F + D)
+    if isinstance(mlp.kind, str):
+        feed_forward = (3 if mlp.gated else 2) * D * F + mlp.bias * (F + D)
+    else:
+        feed_forward = _plugin_mlp_params(shaped, F)
     norms_per_block = 1 + cross + (not base.parallel_block)  # self-attention, cross-attention, MLP
     block = norms_per_block * one_norm + (1 + cross) * attention + feed_forward
     per_stack = (norm.embedding_norm + norm.final_norm) * one_norm
     if base.position.kind == "t5_bias":
         per_stack += base.position.num_buckets * H
+    elif not isinstance(base.position.kind, str):
+        per_stack += layer_plugin_params(shaped, "position.kind")[0]
     return per_stack + num_layers * block
+
+
+def _plugin_mlp_params(shaped: ModelConfig, d_ff: int) -> int:
+    """A plug-in MLP's parameters at ``d_ff``, built as it is; at 0 (which no MLP takes),
+    extrapolated from 1 and 2, as the ladder takes N to be affine in d_ff."""
+    if d_ff >= 1:
+        return layer_plugin_params(shaped, "mlp.kind", d_ff=d_ff)[0]
+    return 2 * _plugin_mlp_params(shaped, 1) - _plugin_mlp_params(shaped, 2)
 
 
 def _encoder_and_rest(base: ModelConfig, shape: _Shape) -> tuple[int, int]:

@@ -48,8 +48,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from archzoo.config import ConfigError, from_dict, invalid, to_dict
-from archzoo.plugins import Plugin
+from archzoo.config import ConfigError, _where, from_dict, to_dict
+from archzoo.plugins import Plugin, accept_paths, with_article
 from archzoo.data.special import SpecialTokens
 from archzoo.objectives.causal_lm import CausalLmConfig, causal_lm
 from archzoo.objectives.example import Example, example_rng, is_sentinel, reconstruct
@@ -117,11 +117,16 @@ class ObjectivePlugin(Plugin):
     than its chunk, as ``growth: ClassVar = (added tokens, tokens per chunk token)`` (default
     ``(1, 1.0)``: one eos), so the pipeline picks chunks whose examples fit the rows.
 
+    An objective whose examples carry ``target_positions`` (MLM-style: targets read off the
+    inputs' positions) trains the encoder family; one without trains the others.
+
     Attributes:
       config: the settings, an instance of the ``cfg`` annotation.
+      targets_at_positions: its example of a probe chunk carries ``target_positions``.
     """
 
     config: Any = None
+    targets_at_positions: bool = dataclasses.field(default=False, compare=False)
 
     what = "objective"
 
@@ -133,6 +138,8 @@ class ObjectivePlugin(Plugin):
         except Exception as e:
             raise ConfigError(f"{where}{key}: {path}: its annotations cannot be read ({type(e).__name__}: {e})") from None
         config = hints.get("cfg")
+        if isinstance(config, type) and dataclasses.is_dataclass(config) and not config.__dataclass_params__.frozen:
+            raise ConfigError(f"{where}{key}: {path}: its config dataclass {config.__name__} must be frozen (@dataclass(frozen=True)): run configs are compared and hashed")
         if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
             raise ConfigError(
                 f"{where}{key}: {path}: annotate its cfg parameter with its own config dataclass "
@@ -143,7 +150,7 @@ class ObjectivePlugin(Plugin):
     @classmethod
     def check(cls, obj, path, key, where):
         if not callable(obj) or inspect.isclass(obj):
-            raise ConfigError(f"{where}{key}: {path} is a {type(obj).__name__}, not an objective function")
+            raise ConfigError(f"{where}{key}: {path} is {with_article(type(obj).__name__)}, not an objective function")
         params = inspect.signature(obj).parameters
         needed = ("tokens", "rng", "cfg", "special", "ends_document")
         missing = [n for n in needed if n not in params]
@@ -164,8 +171,26 @@ class ObjectivePlugin(Plugin):
         for attr in ("lines", "file"):  # keep the file and line of each setting for messages
             if hasattr(settings, attr):
                 setattr(given, attr, getattr(settings, attr))
-        config = from_dict(cls.config_class(plugin.resolve(), plugin.path, key), given, prefix=f"{key}.")
-        return cls(plugin.path, (), config)
+        config_class = cls.config_class(plugin.resolve(), plugin.path, key)
+        where = _where(data, leaf)
+        missing = [f.name for f in dataclasses.fields(config_class) if f.init and _no_default(f) and f.name not in given]
+        if missing:
+            raise ConfigError(f"{where}{key}: {plugin.path} needs the setting(s) {', '.join(missing)} (no default in {config_class.__name__})")
+        try:
+            config = from_dict(config_class, given, prefix=f"{key}.")
+        except ConfigError:
+            raise
+        except Exception as e:  # the user's own __post_init__ refused a value: say so at the key
+            raise ConfigError(f"{where}{key}: {config_class.__name__} refuses these settings: {type(e).__name__}: {e}") from None
+        plugin = cls(plugin.path, (), config)
+        probe = np.arange(SpecialTokens().count, SpecialTokens().count + 24, dtype=np.int32)
+        try:
+            example = functools.partial(plugin.resolve(), cfg=config, special=SpecialTokens())(probe, np.random.default_rng(0), ends_document=True)
+            check_example(example, plugin.path, SpecialTokens())
+        except Exception as e:  # what the user's function did on a probe chunk, at the key
+            raise ConfigError(f"{where}{key}: {plugin.path} fails on a probe chunk of 24 tokens: {type(e).__name__}: {e}") from None
+        object.__setattr__(plugin, "targets_at_positions", example.target_positions is not None)
+        return plugin
 
     @classmethod
     def parse_options(cls, obj, path, given, key, holder):
@@ -178,11 +203,16 @@ class ObjectivePlugin(Plugin):
 
     @property
     def growth(self) -> tuple[int, float]:
-        """(tokens added, tokens per chunk token) of the longest example, as its config says."""
-        return tuple(getattr(type(self.config), "growth", (1, 1.0)))
+        """(tokens added, tokens per chunk token) of the longest example, as its config says
+        (a class attribute, or a property of the settings)."""
+        return tuple(getattr(self.config, "growth", (1, 1.0)))
 
     def __str__(self) -> str:
         return self.path
+
+
+def _no_default(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _has_defaults(config: type) -> bool:
@@ -196,7 +226,7 @@ def check_example(example, label: str, special: SpecialTokens) -> None:
       TypeError: naming the objective and what came back.
     """
     if not isinstance(example, Example):
-        raise TypeError(f"objective {label} returned a {type(example).__name__}; an objective returns archzoo.objectives.Example(inputs, targets)")
+        raise TypeError(f"objective {label} returned an object of type {type(example).__name__}; an objective returns archzoo.objectives.Example(inputs, targets)")
     if example.targets.size == 0:
         raise ValueError(f"objective {label} returned an example without targets: {example!r}")
 
@@ -218,8 +248,7 @@ class ObjectiveConfig:
     mlm: MlmConfig = dataclasses.field(default_factory=MlmConfig)
 
     def __post_init__(self):
-        if not isinstance(self.name, ObjectivePlugin) and self.name not in OBJECTIVES:
-            raise invalid("objective.name", f"{self.name!r} is not one of {', '.join(OBJECTIVES)}")
+        accept_paths(self, "objective.", name=ObjectivePlugin)
 
     @property
     def selected(self):

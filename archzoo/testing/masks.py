@@ -131,10 +131,10 @@ def _by_predicate(predicate, f: TokenFacts) -> np.ndarray:
         for i in range(L):
             for j in range(L):
                 value = np.asarray(predicate(tokens[b][i], tokens[b][j]))
-                if value.size != 1:
+                if value.size != 1 or value.dtype != np.bool_:
                     raise TypeError(
                         "check_mask(): predicate(q, k) must return one bool for one query and one key; "
-                        f"it returned shape {value.shape}"
+                        f"it returned {value.dtype} of shape {value.shape}"
                     )
                 out[b, i, j] = bool(value.reshape(()))
     return out

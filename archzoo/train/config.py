@@ -158,7 +158,8 @@ class RunConfig:
         (:class:`~archzoo.distributed.DistributedConfig`; the ``ARCHZOO_*`` environment
         variables override it); None: one process, unless the environment says otherwise.
       plugin_paths: folders put on ``sys.path`` before the config's plug-ins are imported
-        (relative to the config file; the resolved config holds them absolute). Read by
+        (relative to the file that lists them, a ``base`` file's too; the resolved config holds
+        them absolute). Read by
         :func:`load_experiment`: in a mapping built in Python, import the packages yourself.
     """
 
@@ -191,10 +192,20 @@ class RunConfig:
             for key, length in (("train.seq_len", t.seq_len), ("train.encoder_len", t.encoder_len), ("train.decoder_len", t.decoder_len)):
                 if length is not None and length > self.model.position.max_len:
                     raise invalid(key, f"rows of {length} tokens need {length} learned positions but model.position.max_len={self.model.position.max_len}")
-        if self.objective.name == "mlm" and self.model.family != "encoder":
-            raise invalid("objective.name", f"mlm trains the encoder family, not model.family={self.model.family!r}")
-        if self.model.family == "encoder" and self.objective.name != "mlm":
-            raise invalid("model.family", f"the encoder family trains with objective mlm, not {self.objective.label!r}")
+        # the encoder family reads its targets off the inputs' positions (Example.target_positions)
+        at_positions = self.objective.name == "mlm" or getattr(self.objective.name, "targets_at_positions", False)
+        if at_positions and self.model.family != "encoder":
+            raise invalid(
+                "objective.name",
+                f"{self.objective.label} gives targets at input positions (an MLM-style objective), which train the encoder "
+                f"family, not model.family={self.model.family!r}",
+            )
+        if self.model.family == "encoder" and not at_positions:
+            raise invalid(
+                "model.family",
+                f"the encoder family trains with an MLM-style objective (mlm, or one whose examples carry target_positions), "
+                f"not {self.objective.label!r}",
+            )
         check_row_lengths(self.objective.name, self.model.family, self.train)
 
     @property
@@ -222,6 +233,8 @@ def _load_with_base(path: Path, seen: tuple = ()) -> dict:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: base files form a cycle: {' -> '.join(str(p) for p in (*seen, path))}")
     data = load_yaml(path)
+    if "plugin_paths" in data:  # relative to the file that lists them, before any plug-in is imported
+        data["plugin_paths"] = list(add_paths(data["plugin_paths"], path.parent, _where(data, "plugin_paths")))
     base = data.pop("base", None)
     if base is None:
         return data
@@ -273,8 +286,6 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise TypeError(f"path: expected a YAML file path, got {type(path).__name__} {path!r}")
     path = Path(path)
     data = _load_with_base(path)
-    if "plugin_paths" in data:  # before any plug-in of the config is imported
-        data["plugin_paths"] = list(add_paths(data["plugin_paths"], path.parent, _where(data, "plugin_paths")))
     if "axes" in data:
         return _axis_runs(path, data, overrides)
     if "exclude" in data:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from archzoo.models.config import ModelConfig, plugin_matmul_params
+from archzoo.models.config import ModelConfig, layer_plugin_params
 
 __all__ = ["stack_matmul_params", "feed_forward_params", "forward_flops_per_token", "train_flops_per_token", "train_flops"]
 
@@ -41,11 +41,11 @@ def feed_forward_params(cfg: ModelConfig, stack: str, layer: int) -> int:
     moe = cfg.moe
     if moe is None or not moe.is_moe(stack, layer):
         if not isinstance(cfg.mlp.kind, str):
-            return plugin_matmul_params(cfg, "mlp.kind")
+            return layer_plugin_params(cfg, "mlp.kind")[1]
         return _mlp_params(cfg, cfg.mlp.d_ff)
     routed = moe.k * _mlp_params(cfg, moe.expert_width(cfg.mlp.d_ff))
     shared = _mlp_params(cfg, moe.shared_width(cfg.mlp.d_ff)) + (cfg.d_model if moe.shared_gate else 0)
-    router = cfg.d_model * moe.experts if isinstance(moe.router_logits, str) else plugin_matmul_params(cfg, "moe.router_logits")
+    router = cfg.d_model * moe.experts if isinstance(moe.router_logits, str) else layer_plugin_params(cfg, "moe.router_logits")[1]
     return router + routed + shared
 
 

@@ -119,12 +119,40 @@ _NOT_RESULTS = {
 _NOT_RESULT_SECTIONS = ("eval", "mesh", "distributed")
 
 
+# Fields added to the config since run directories were first written, with the value that
+# trains as a directory without them did: an older run resumes under the newer code.
+_ADDED_FIELDS = {
+    "model.scan_layers": False,
+    "model.encoder_mask": "full",
+    "model.mlp.kind": "standard",
+    "model.moe.router_logits": "linear",
+}
+
+
+def _lookup(config: dict, key: str):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
 def _result_changes(old: dict, config: dict) -> list[str]:
     """The dotted keys where ``config`` trains differently from ``old``, sorted."""
+
+    def added_as_before(k):
+        return k in _ADDED_FIELDS and _lookup(old, k) is _MISSING and _lookup(config, k) == _ADDED_FIELDS[k]
+
     return sorted(
         k
         for k in _diff(old, config) - _NOT_RESULTS
-        if k.split(".", 1)[0] not in _NOT_RESULT_SECTIONS and not (k.startswith("plugins.") and k.endswith(".file"))
+        if k.split(".", 1)[0] not in _NOT_RESULT_SECTIONS
+        and not (k.startswith("plugins.") and k.endswith(".file"))
+        and not added_as_before(k)
     )
 
 
