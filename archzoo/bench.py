@@ -19,7 +19,7 @@ from archzoo.train.flops import feed_forward_params, train_flops
 from archzoo.train.optimizer import OptimizerConfig
 from archzoo.train.step import make_train_step, split_model
 
-__all__ = ["matmul_peak_flops", "bench_train", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "DEFAULT_MODEL"]
+__all__ = ["matmul_peak_flops", "bench_train", "bench_against_torch", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "DEFAULT_MODEL"]
 
 # GPT-2-style: vocab 256, d_model 256, 4 layers, 4 heads, context 256 (batch 16, float32, AdamW).
 DEFAULT_MODEL = dict(
@@ -77,18 +77,11 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
       high-water mark since the process started, where the device reports one (GPUs); else None).
     """
     cfg = load_model_config(model_cfg)
-    data = _synthetic_batch(cfg, batch, length, prefix=cfg.bidirectional_prefix)
-    data = {k: jnp.asarray(v) for k, v in data.items()}
-    graphdef, params, rest = split_model(build(cfg, seed=0))
-    lr = 1e-3
-    step, tx = make_train_step(graphdef, OptimizerConfig(lr=lr))
-    opt_state = tx.init(params)
-    times = []
     t0 = time.perf_counter()
-    compiled = step.lower(params, rest, opt_state, data, lr).compile()  # once: timed and measured
+    run, compiled, data = _training_step(cfg, batch, length)  # compiled once: timed and measured
+    times = []
     for _ in range(steps + 1):  # the first time also counts tracing and compiling
-        params, opt_state, metrics = compiled(params, rest, opt_state, data, lr)
-        jax.block_until_ready(metrics)
+        run()
         times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
     step_s = float(np.median(times[1:]))
@@ -108,6 +101,74 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
         "peak_bytes": compiled_peak_bytes(compiled),
         "device_peak_bytes": stats.get("peak_bytes_in_use"),
     }
+
+
+def _training_step(cfg, batch: int, length: int):
+    """``(run, compiled, batch)``: ``run()`` takes one training step of ``cfg`` (AdamW, lr 1e-3)
+    on a synthetic batch, waiting for it, with the state carried from step to step."""
+    data = _synthetic_batch(cfg, batch, length, prefix=cfg.bidirectional_prefix)
+    data = {k: jnp.asarray(v) for k, v in data.items()}
+    graphdef, params, rest = split_model(build(cfg, seed=0))
+    lr = 1e-3
+    step, tx = make_train_step(graphdef, OptimizerConfig(lr=lr))
+    state = [params, tx.init(params)]
+    compiled = step.lower(params, rest, state[1], data, lr).compile()
+
+    def run():
+        state[0], state[1], metrics = compiled(state[0], rest, state[1], data, lr)
+        jax.block_until_ready(metrics)
+
+    return run, compiled, data
+
+
+def _torch_reference():
+    """``benchmarks/torch_gpt.py`` of the source tree archzoo runs from."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_gpt.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"--reference torch needs the source tree's benchmarks/torch_gpt.py; not found at {path}")
+    spec = importlib.util.spec_from_file_location("archzoo_torch_gpt", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_against_torch(variants, *, batch: int = 16, length: int = 256, steps: int = 5, rounds: int = 5) -> dict:
+    """Times archzoo's training step of each variant and the plain PyTorch step of the same
+    causal decoder (``benchmarks/torch_gpt.py``, mirroring the first variant) in one process,
+    interleaved: each round times ``steps`` steps of every archzoo variant, then of the
+    reference, so drifts of a shared machine reach both alike.
+
+    Args:
+      variants: ``[(name, ModelConfig)]``; the first is a GPT-2-style causal decoder.
+
+    Returns:
+      ``{"torch": [tokens/s per round], name: [tokens/s per round], ...}``.
+    """
+    import torch
+
+    ref = _torch_reference()
+    base = variants[0][1]
+    opt = OptimizerConfig(lr=1e-3)
+    model = ref.from_archzoo(base)
+    torch_step = ref.TorchStep(model, lr=opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, clip_norm=opt.clip_norm)
+    data = _synthetic_batch(base, batch, length, prefix=False)
+    tokens = torch.from_numpy(data["decoder_tokens"][0].astype(np.int64))
+    targets = torch.from_numpy(data["decoder_targets"][0].astype(np.int64))
+    runs = [(name, _training_step(cfg, batch, length)[0], batch * length * len(cfg.stacks)) for name, cfg in variants]
+    runs.append(("torch", lambda: torch_step(tokens, targets), batch * length))
+    for _, run, _ in runs:  # warm: compiled (archzoo), allocator and threads (both)
+        run(), run()
+    rates = {name: [] for name, _, _ in runs}
+    for _ in range(rounds):
+        for name, run, n in runs:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                run()
+            rates[name].append(n * steps / (time.perf_counter() - t0))
+    return rates
 
 
 def compiled_peak_bytes(compiled) -> int:

@@ -301,6 +301,8 @@ def _bench(args) -> int:
         ]
     if args.remat:  # every policy checked (as model.remat) before the first benchmark starts
         variants = [(name, load_model_config(cfg, [f"remat={p}"])) for name, cfg in variants for p in args.remat.split(",")]
+    if args.reference == "torch":
+        return _bench_against_torch(args, variants)
     peak = matmul_peak_flops()
     print(f"float32 matmul peak (2048x2048, best of 10): {peak / 1e9:,.1f} GFLOP/s")
     print(f"batch {args.batch_size} x length {args.length}, float32, AdamW; step time is the median of {args.steps} steps")
@@ -322,6 +324,26 @@ def _bench(args) -> int:
         if device:
             line += f"{(r['device_peak_bytes'] or 0) / 2**20:>19.1f}"
         print(line, flush=True)
+    return 0
+
+
+def _bench_against_torch(args, variants) -> int:
+    import numpy as np
+    import torch
+
+    from archzoo.bench import bench_against_torch
+
+    rates = bench_against_torch(variants, batch=args.batch_size, length=args.length, steps=args.steps, rounds=args.rounds)
+    print(
+        f"batch {args.batch_size} x length {args.length}, float32, AdamW; {args.rounds} rounds of {args.steps} steps, "
+        f"archzoo and the PyTorch {torch.__version__} reference (benchmarks/torch_gpt.py: the {variants[0][0]}, eager, "
+        f"{torch.get_num_threads()} threads) interleaved in this process"
+    )
+    print(f"{'model':<18}{'tokens/s (median)':>19}{'torch tokens/s':>16}{'ratio min':>11}{'ratio median':>14}")
+    torch_rates = np.array(rates.pop("torch"))
+    for name, r in rates.items():
+        ratio = np.array(r) / torch_rates  # round by round: the two ran under the same load
+        print(f"{name:<18}{np.median(r):>19,.0f}{np.median(torch_rates):>16,.0f}{ratio.min():>11.2f}{np.median(ratio):>14.2f}", flush=True)
     return 0
 
 
@@ -463,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--batch-size", type=int, default=16)
     bt.add_argument("--length", type=int, default=256)
     bt.add_argument("--steps", type=int, default=10)
+    bt.add_argument("--reference", choices=("torch",), help="time the plain PyTorch step of the same causal decoder in the same process, interleaved, and print the ratios")
+    bt.add_argument("--rounds", type=int, default=5, help="rounds of --steps steps each with --reference (default 5)")
     bt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bt.add_argument(
         "--remat",

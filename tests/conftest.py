@@ -22,6 +22,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort keeps every other order): pytest-xdist then hands the
+    long ones out while there is other work to share the cores with, and the workers finish
+    together instead of one running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def trained_run_dirs(tmp_path_factory):
     """A decoder and an encoder-decoder trained 6 steps on a small corpus (checkpoints at steps

@@ -243,6 +243,7 @@ def test_without_lm_eval_the_import_error_says_what_to_install(monkeypatch):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
+@pytest.mark.slow
 def test_the_command_line_writes_the_accuracy_of_the_python_api(runs, tasks, tmp_path, capsys):
     run = runs["decoder"]
     out = tmp_path / "out"

@@ -143,7 +143,8 @@ def _stack_params(base: ModelConfig, shape: _Shape, num_layers: int, cross: bool
     G, Dh = shape.num_kv_heads or H, D // H
     attn, mlp, norm = base.attention, base.mlp, base.norm
     # a layer of the user's own (models/config.py: layer_plugin_params) counts as it is built
-    shaped = base.replace(d_model=D, attention=dataclasses.replace(attn, num_heads=H, num_kv_heads=shape.num_kv_heads, head_dim=None))
+    if not all(isinstance(kind, str) for kind in (norm.kind, mlp.kind, base.position.kind)):
+        shaped = base.replace(d_model=D, attention=dataclasses.replace(attn, num_heads=H, num_kv_heads=shape.num_kv_heads, head_dim=None))
     if isinstance(norm.kind, str):
         one_norm = D * (2 if norm.kind == "layernorm" and norm.bias else 1)
     else:

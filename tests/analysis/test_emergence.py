@@ -90,6 +90,7 @@ def test_steps_figure_draws_each_run_over_training(sweep):
             np.testing.assert_allclose(line.get_ydata(), [v for _, v in mine])
 
 
+@pytest.mark.slow
 def test_plot_writes_emergence_figures_beside_the_scaling_ones(sweep, tmp_path):
     report = plot_sweep(load_sweep(sweep), tmp_path / "plots", bootstrap=0)
     names = {p.name for p in report.files}

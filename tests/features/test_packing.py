@@ -143,6 +143,7 @@ def test_packed_rows_are_in_order(family):
             assert f.ordered, stream
 
 
+@pytest.mark.slow
 def test_packed_loss_and_gradients_with_causal_blocks_equal_the_dense_path(monkeypatch):
     from archzoo.layers import kernels
 

@@ -39,6 +39,7 @@ def _later_token_changes_earlier_outputs(model) -> float:
     return float(np.abs(np.asarray(model(y))[:, :9] - base[:, :9]).max())
 
 
+@pytest.mark.slow
 def test_expert_choice_lets_later_tokens_change_earlier_outputs_and_token_choice_does_not():
     leaky = _model(router="expert_choice", top_k=1, allow_future_leak=True)
     assert _later_token_changes_earlier_outputs(leaky) > 1e-4

@@ -42,6 +42,7 @@ def trained(model: dict, scan: bool, steps: int = 2):
     return losses, get_params(nnx.merge(t.graphdef, params, t.rest))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_training_steps_of_a_scanned_stack_equal_the_unrolled_ones(name):
     unrolled_losses, unrolled = trained(MODELS[name], scan=False)

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from archzoo.analysis.runs import write_record
 from archzoo.models import count_params
@@ -52,6 +53,7 @@ def test_an_moe_run_records_active_parameters_and_per_layer_router_statistics(tm
         assert abs(record["decoder/1/router_z_loss"] - 0.001 * record["decoder/1/router_z"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_a_resumed_moe_run_with_jitter_and_balance_bias_ends_bitwise_equal(tmp_path):
     """Kill after the step-4 checkpoint: steps 5 and 6 replay the same router noise and bias."""
     cfg = load_run_configs(moe_config(tmp_path))[0]

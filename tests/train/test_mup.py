@@ -91,6 +91,7 @@ def test_mup_lr_multipliers_are_base_over_width_on_hidden_matrices_only():
         assert m == (0.25 if k in hidden else 1.0), k
 
 
+@pytest.mark.slow
 def test_mup_step_is_adam_times_the_multiplier_decay_included():
     """Adam's first update is ``g / (|g| + eps)`` (moments bias-corrected); AdamW adds ``wd * w``
     on decayed weights; μP multiplies both by base/width on hidden matrices (decay scales with
@@ -136,7 +137,7 @@ def test_mup_at_base_width_trains_bitwise_like_normal():
 
 # -- coordinate check ---------------------------------------------------------------------------
 
-COORD_WIDTHS = (32, 64, 128, 256)
+COORD_WIDTHS = (32, 64, 128)  # width 256 would cost three times the three narrower ones together
 COORD_LR, COORD_STEPS = 1e-2, 8
 
 
@@ -155,17 +156,18 @@ def logit_change(width: int, init: dict) -> float:
 
 @pytest.mark.slow
 def test_coordinate_check_standard_parametrisation_grows_with_width():
-    """Measured: 0.51, 0.81, 1.69, 3.35 at widths 32-256, ratio 6.5; Adam's Θ(lr) entry-wise
-    updates of the readout add up over the width."""
+    """Measured: 0.51, 0.81, 1.69 at widths 32-128, ratio 3.3 (and 3.35 at width 256, ratio
+    6.5): Adam's Θ(lr) entry-wise updates of the readout add up over the width, so the change
+    grows about as the width (4x here); μP's stays within 2x (next test)."""
     change = [logit_change(w, {"kind": "normal"}) for w in COORD_WIDTHS]
     assert all(a < b for a, b in zip(change, change[1:])), change
-    assert change[-1] / change[0] > 3.0, change
+    assert change[-1] / change[0] > 2.5, change
 
 
 @pytest.mark.slow
 def test_coordinate_check_mup_stays_flat():
-    """Measured: 0.51, 0.46, 0.44, 0.42 at widths 32-256 (base 32), ratio 0.81; the slight fall is
-    the part of the change that vanishes like 1/sqrt(width)."""
+    """Measured: 0.51, 0.46, 0.44 at widths 32-128 (base 32), ratio 0.86 (0.42 at width 256); the
+    slight fall is the part of the change that vanishes like 1/sqrt(width)."""
     change = [logit_change(w, mup(COORD_WIDTHS[0])) for w in COORD_WIDTHS]
     assert 0.5 < change[-1] / change[0] < 2.0, change
     assert max(change) / min(change) < 2.0, change

@@ -73,6 +73,7 @@ def test_target_token_budget_ends_exactly(tmp_path, family):
     assert metrics(cfg.run_dir)[-1]["target_tokens"] == 1234
 
 
+@pytest.mark.slow
 def test_flops_budget_stops_at_the_first_step_past_it(tmp_path):
     cfg = load_run_configs(config(tmp_path, budget="{kind: flops, value: 2.0e9}"))[0]
     summary = train(cfg)
@@ -85,6 +86,7 @@ def _run_cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "archzoo.cli", "run", *args], cwd=ROOT, env=env, **kw)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_bitwise_equal(tmp_path):
     budget = "{kind: steps, value: 30}"
     reference = load_run_configs(config(tmp_path, name="ref", budget=budget))[0]
@@ -201,3 +203,34 @@ def test_the_run_directory_keeps_a_loadable_copy_of_the_tokenizer(tmp_path):
 
     original = build_tokenizer(cfg.data.tokenizer, load_splits(cfg.data).train)
     assert copy.encode(text) == original.encode(text) and copy.vocab_size == original.vocab_size
+
+
+def test_a_longer_run_compiles_nothing_more(tmp_path):
+    """After its first step the loop reuses what it compiled: a run of 7 steps traces and
+    compiles as many computations as a run of 3 (a per-step retrace, a step whose inputs change
+    shape, dtype or sharding, or a per-step eager op of a new shape would add to the longer
+    run's count). A first run fills the caches of eager operations both then share."""
+    import jax
+
+    counts = {}
+    events = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+
+    def count(event, *args, **kwargs):
+        if event in events:
+            counts[event] = counts.get(event, 0) + 1
+
+    train_section = "train: {batch_size: 4, seq_len: 32, eval_every: 100, eval_examples: 8, checkpoint_every: 100, progress: false}"
+    seen = []
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        for name, steps in (("warm", 3), ("short", 3), ("long", 7)):
+            path = config(tmp_path, name=name, budget=f"{{kind: steps, value: {steps}}}")
+            text = path.read_text()
+            path.write_text(text[: text.index("train: {")] + train_section + "\n")
+            counts.clear()
+            train(load_run_configs(path)[0])
+            seen.append(dict(counts))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    # (a step read back from the persistent compilation cache is traced, not compiled)
+    assert seen[1] == seen[2] and seen[1].get(events[0], 0) > 0, seen

@@ -56,6 +56,7 @@ def steps_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_run_writes_the_table_and_a_rerun_trains_nothing(tmp_path):
     exp = experiment(tmp_path)
     sweep(exp, "--no-estimate")
@@ -85,6 +86,7 @@ def test_sweep_trains_every_run_writes_the_table_and_a_rerun_trains_nothing(tmp_
     assert {n: (tmp_path / "sweep" / n / "run.json").read_text() for n in names} == before
 
 
+@pytest.mark.slow
 def test_a_failing_run_records_its_error_and_the_others_carry_on(tmp_path):
     # lr 1e30: Adam's first update blows the weights up, the loss is not finite at step 2
     exp = experiment(tmp_path, lrs="[1.0e-3, 1.0e+30]")
@@ -117,6 +119,7 @@ def test_the_estimate_counts_the_steps_a_token_budget_takes(tmp_path):
     assert extrapolated.steps == pytest.approx(estimate.steps, rel=0.5)
 
 
+@pytest.mark.slow
 def test_two_sweeps_on_one_directory_train_each_run_once(tmp_path):
     exp = experiment(tmp_path, steps=6)
     command = [sys.executable, "-m", "archzoo.cli", "sweep", str(exp), "--no-estimate", "--no-progress"]

@@ -1,0 +1,1 @@
+"""Reference implementations that archzoo's benchmarks time archzoo against."""
