@@ -8,11 +8,14 @@ Each takes queries ``[B, Q, H, Dh]``, keys and values ``[B, K, G, Dh]`` (G divid
 query and multi-query attention share keys across ``H / G`` query heads), the mask value, an
 optional additive bias ``[B, H, Q, K]`` and the logit scale, and returns ``[B, Q, H, Dh]``.
 
-When the mask is statically lower-triangular (:attr:`archzoo.masks.Mask.lower_triangular`:
-causal self-attention over packed rows in order), the ``xla`` and ``jax`` backends split the
-queries into blocks of :data:`CAUSAL_BLOCK` and let each block attend only to the keys up to
-its end, skipping the key blocks that the mask empties anyway: at 256 tokens and blocks of 128,
-a quarter of the attention work. Outputs at non-padding queries are the same as the dense path.
+The ``xla`` and ``jax`` backends split self-attention queries into blocks of
+:data:`CAUSAL_BLOCK` and let each block attend only to the keys up to its end when the mask
+allows no later key, skipping the key blocks that the mask empties anyway: at 256 tokens and
+blocks of 128, a quarter of the attention work. When the mask is statically lower-triangular
+(:attr:`archzoo.masks.Mask.lower_triangular`: causal self-attention over packed rows in order)
+that is known when tracing; for any other mask (a prefix, a plug-in's) each block checks its
+batch on device (``jax.lax.cond``): a prefix that ends inside the block lets it skip as the
+causal mask does. Outputs at non-padding queries are the same as the dense path.
 
 The ``cudnn`` and ``splash`` backends hand the mask's structure to a fused kernel
 (:mod:`archzoo.layers.cudnn`, :mod:`archzoo.layers.splash`) and give the masks it cannot say
@@ -119,19 +122,28 @@ def _attend(core, q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     """``core`` over the mask's dense form: the causal block path when the mask is statically
     lower-triangular, and zeros for queries with no allowed key."""
     allowed = mask.allowed()
-    L = q_BQHD.shape[1]
-    if not mask.lower_triangular or L <= CAUSAL_BLOCK:
-        out = core(q_BQHD, k_BKGD, v_BKGD, allowed, bias_BHQK, scale)
-    else:
-        blocks = []
-        for start in range(0, L, CAUSAL_BLOCK):
-            stop = min(start + CAUSAL_BLOCK, L)
-            bias = None if bias_BHQK is None else bias_BHQK[:, :, start:stop, :stop]
-            blocks.append(
-                core(q_BQHD[:, start:stop], k_BKGD[:, :stop], v_BKGD[:, :stop], allowed[:, start:stop, :stop], bias, scale)
-            )
-        out = jnp.concatenate(blocks, axis=1)
-    return _zero_empty_rows(out, allowed)
+    L, K = q_BQHD.shape[1], k_BKGD.shape[1]
+    if L <= CAUSAL_BLOCK or L != K:
+        return _zero_empty_rows(core(q_BQHD, k_BKGD, v_BKGD, allowed, bias_BHQK, scale), allowed)
+
+    def block(start, stop, keys):
+        """The queries ``start:stop`` against the first ``keys`` keys."""
+        bias = None if bias_BHQK is None else bias_BHQK[:, :, start:stop, :keys]
+        return core(q_BQHD[:, start:stop], k_BKGD[:, :keys], v_BKGD[:, :keys], allowed[:, start:stop, :keys], bias, scale)
+
+    real_BQ = jnp.broadcast_to(mask.q.segment_ids != 0, allowed.shape[:2])
+    blocks = []
+    for start in range(0, L, CAUSAL_BLOCK):
+        stop = min(start + CAUSAL_BLOCK, L)
+        if mask.lower_triangular or stop == K:  # no key after the block's last query: known statically
+            blocks.append(block(start, stop, stop))
+        else:
+            # any other mask (prefix, sliding window, a plug-in's): skip the keys after the block
+            # when, for this batch, the mask allows none of them to a real query (a prefix that
+            # ends inside the block; padding queries' outputs are unspecified and get no gradient)
+            later = jnp.any(allowed[:, start:stop, stop:] & real_BQ[:, start:stop, None])
+            blocks.append(jax.lax.cond(later, partial(block, start, stop, K), partial(block, start, stop, stop)))
+    return _zero_empty_rows(jnp.concatenate(blocks, axis=1), allowed)
 
 
 def _zero_empty_rows(out_BQHD, allowed_BQK):

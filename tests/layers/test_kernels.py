@@ -93,6 +93,26 @@ def test_output_and_gradients_match_plain_attention(monkeypatch, backend, G, bia
     assert_close(value_and_grads(backend, mask, q, k, v, bias, g, scale), reference(mask, q, k, v, bias, g, scale), SEGMENTS != 0, 2e-5)
 
 
+# Prefixes of the packed rows: within the first block of 4 (rows 0 and 2), and across it (row 1).
+PREFIXES = np.array([[1, 1, 0, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 0, 1, 1, 0, 0, 0, 0, 0, 0]], bool)
+
+
+@pytest.mark.parametrize("backend", [xla_attention, jax_attention], ids=["xla", "jax"])
+@pytest.mark.parametrize("rows", [[0, 2], [0, 1, 2]], ids=["prefixes-end-in-the-first-block", "a-prefix-crosses-it"])
+def test_prefix_blocks_skip_later_keys_only_when_no_real_query_sees_them(monkeypatch, backend, rows):
+    """A prefix mask in blocks of 4: each block checks on device whether any real query of the
+    batch sees a key after the block, and attends to the keys up to its end when none does. Both
+    branches give plain attention's output and gradients."""
+    monkeypatch.setattr(kernels, "CAUSAL_BLOCK", 4)
+    seg = SEGMENTS[rows]
+    f = masks.facts(seg, is_input=PREFIXES[rows] & (seg != 0))
+    mask = masks.prefix(f) & masks.same_segment(f)
+    q, k, v, _, g = inputs(2, None)
+    q, k, v, g = (a[np.asarray(rows)] for a in (q, k, v, g))
+    scale = Dh**-0.5
+    assert_close(value_and_grads(backend, mask, q, k, v, None, g, scale), reference(mask, q, k, v, None, g, scale), seg != 0, 2e-5)
+
+
 def test_bfloat16_backward_tracks_float32(monkeypatch):
     monkeypatch.setattr(kernels, "CAUSAL_BLOCK", 4)
     mask = packed_causal(ordered=True)
@@ -106,7 +126,8 @@ def test_bfloat16_backward_tracks_float32(monkeypatch):
 @pytest.mark.parametrize("backend", [xla_attention, jax_attention], ids=["xla", "jax"])
 def test_causal_blocks_attend_only_to_keys_up_to_the_block_end(monkeypatch, backend):
     """Rows of 10 in blocks of 4: the queries of block i meet keys [0, 4 (i + 1)), so the score
-    matrices are 4x4, 4x8 and 2x10 instead of one 10x10; without the order promise, one 10x10."""
+    matrices are 4x4, 4x8 and 2x10 instead of one 10x10; without the order promise, each block
+    but the last chooses on device between all keys and the keys up to its end (both traced)."""
     monkeypatch.setattr(kernels, "CAUSAL_BLOCK", 4)
     q, k, v, _, _ = inputs(2, None)
     seen = []
@@ -119,7 +140,7 @@ def test_causal_blocks_attend_only_to_keys_up_to_the_block_end(monkeypatch, back
     assert seen == [(4, 4), (4, 8), (2, 10)]
     seen.clear()
     kernels._attend(spy, q, k, v, packed_causal(ordered=False), None, 1.0)
-    assert seen == [(10, 10)]
+    assert seen == [(4, 10), (4, 4), (4, 10), (4, 8), (2, 10)]
     # and the real backends give the dense path's result at every non-padding query
     blocked = jax.jit(backend, static_argnums=5)(q, k, v, packed_causal(ordered=True), None, 1.0)
     dense = jax.jit(backend, static_argnums=5)(q, k, v, packed_causal(ordered=False), None, 1.0)
@@ -150,10 +171,10 @@ def test_a_mask_passed_into_jit_keeps_the_causal_block_path(monkeypatch):
     assert seen == [(4, 4), (4, 8), (2, 10)]
     dense = plain_attention(q, k, v, mask.allowed(), None, 1.0)
     np.testing.assert_allclose(np.asarray(blocked)[SEGMENTS != 0], np.asarray(dense)[SEGMENTS != 0], rtol=1e-5, atol=1e-6)
-    # without the order promise, the dense path under jit too
+    # without the order promise, the choice on device under jit too
     seen.clear()
     attend(q, k, v, packed_causal(ordered=False))
-    assert seen == [(10, 10)]
+    assert seen == [(4, 10), (4, 4), (4, 10), (4, 8), (2, 10)]
 
 
 def test_auto_on_cpu_is_the_xla_backend_bit_for_bit(monkeypatch):
