@@ -40,7 +40,7 @@ def is_path(value) -> bool:
     return isinstance(value, dict)
 
 
-def accept_paths(cfg, section: str, **fields: type) -> None:
+def accept_paths(cfg, section: str, *fields: str) -> None:
     """For a config built in Python (not read by :func:`archzoo.config.from_dict`): each field
     given as a plug-in path (or mapping) becomes its :class:`Plugin`, checked as when read from
     a file; a string that is neither a built-in choice nor a path is refused.
@@ -48,28 +48,18 @@ def accept_paths(cfg, section: str, **fields: type) -> None:
     Args:
       cfg: the frozen config dataclass, in its ``__post_init__``.
       section: its dotted prefix in messages (``mlp.``).
-      **fields: field name -> its Plugin class.
+      *fields: the names of its fields that take a plug-in.
 
     Raises:
       ConfigError: naming ``section + field``.
     """
     hints = typing.get_type_hints(type(cfg))
-    for name, plugin in fields.items():
-        value = getattr(cfg, name)
-        if isinstance(value, Plugin):
-            continue
-        if is_path(value):
-            object.__setattr__(cfg, name, plugin.from_config(value, f"{section}{name}"))
-            continue
-        choices = [c for a in typing.get_args(hints[name]) for c in typing.get_args(a)]
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise invalid(
-                f"{section}{name}",
-                f"{value!r} is not one of {', '.join(repr(c) for c in choices)}{hint}; "
-                f"or {plugin.what_a()} of your own as 'package.module:attribute'",
-            )
+    for name in fields:
+        key = f"{section}{name}"
+        try:  # as from_dict reads the field: a built-in choice, or a plug-in by path
+            object.__setattr__(cfg, name, _coerce(getattr(cfg, name), hints[name], key, None, None))
+        except ConfigError as e:
+            raise invalid(key, str(e).removeprefix(f"{key}: ")) from None
 
 
 def resolve(path: str, key: str = "plug-in", where: str = ""):
@@ -215,9 +205,11 @@ class Plugin:
                 else:
                     hint = f"; its options: {', '.join(params) or 'none'}"
                 raise ConfigError(f"{_where(holder, name)}unknown option '{key}.{name}' of {path}{hint}")
-            tp = hints.get(name, Any)
             try:
-                value = _coerce(value, tp, f"{key}.{name}", holder, name) if _checkable(tp) else value
+                value = _coerce(value, hints.get(name, Any), f"{key}.{name}", holder, name)
+            except TypeError:  # an annotation configs do not check (a class of the user's): as given
+                pass
+            try:
                 options[name] = _frozen(value)
             except TypeError:
                 raise ConfigError(f"{_where(holder, name)}{key}.{name}: expected a number, string, boolean or list, got {value!r}") from None
@@ -238,6 +230,11 @@ class Plugin:
     def kwargs(self) -> dict:
         """The options as keyword arguments."""
         return dict(self.options)
+
+    def construct(self, *args, **kwargs):
+        """The object called with the protocol's arguments and its options (a layer plug-in:
+        the module)."""
+        return self.resolve()(*args, **kwargs, **self.kwargs)
 
     def to_config(self):
         """The config value this plug-in was read from (a path, or a mapping with options)."""
@@ -267,19 +264,6 @@ def _plain(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_plain(v) for v in value)
     return value is None or isinstance(value, (bool, int, float, str))
-
-
-def _checkable(tp) -> bool:
-    """Whether an annotation is one :func:`archzoo.config._coerce` can check."""
-    if tp is Any:
-        return False
-    try:
-        _coerce(None, tp, "", None, None)
-    except ConfigError:
-        return True
-    except TypeError:
-        return False
-    return True
 
 
 def plugins_of(cfg, prefix: str = "") -> dict[str, Plugin]:

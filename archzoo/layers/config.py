@@ -88,7 +88,7 @@ class MlpConfig:
     bias: bool = True
 
     def __post_init__(self):
-        accept_paths(self, "mlp.", kind=MlpPlugin)
+        accept_paths(self, "mlp.", "kind")
         if self.d_ff < 1:
             raise invalid("mlp.d_ff", f"must be >= 1, got {self.d_ff}")
 
@@ -116,7 +116,7 @@ class NormConfig:
     final_norm: bool = True
 
     def __post_init__(self):
-        accept_paths(self, "norm.", kind=NormPlugin)
+        accept_paths(self, "norm.", "kind")
         if self.eps < 0:
             raise invalid("norm.eps", f"must be >= 0, got {self.eps}")
 
@@ -169,7 +169,7 @@ class PositionConfig:
     max_distance: int = 128
 
     def __post_init__(self):
-        accept_paths(self, "position.", kind=PositionPlugin)
+        accept_paths(self, "position.", "kind")
         if self.max_len < 1:
             raise invalid("position.max_len", f"must be >= 1, got {self.max_len}")
         if self.offset < 0:
@@ -343,7 +343,7 @@ class MoeConfig:
     allow_future_leak: bool = False
 
     def __post_init__(self):
-        accept_paths(self, "moe.", router_logits=RouterPlugin)
+        accept_paths(self, "moe.", "router_logits")
         if self.num_experts < 1:
             raise invalid("moe.num_experts", f"an MoE layer needs at least one expert, got {self.num_experts}")
         if self.granularity < 1:

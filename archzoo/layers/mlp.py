@@ -45,7 +45,7 @@ def make_mlp(cfg: MlpConfig, d_model: int, *, rngs: nnx.Rngs, init_std: float | 
     (:class:`~archzoo.layers.plugins.MlpPlugin`) with its options."""
     if isinstance(cfg.kind, str):
         return Mlp(cfg, d_model, rngs=rngs, init_std=init_std, out_std=out_std)
-    return cfg.kind.resolve()(cfg, d_model, rngs=rngs, init_std=init_std, out_std=out_std, **cfg.kind.kwargs)
+    return cfg.kind.construct(cfg, d_model, rngs=rngs, init_std=init_std, out_std=out_std)
 
 
 class Mlp(nnx.Module):

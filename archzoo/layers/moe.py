@@ -110,7 +110,7 @@ class MoE(nnx.Module):
         if isinstance(cfg.router_logits, str):
             self.router = param(rngs, dense_init(D, init_std), (D, E), ("embed", None), width_role="hidden")
         else:  # the user's router module (layers/plugins.py: RouterPlugin)
-            self.router = cfg.router_logits.resolve()(cfg, D, rngs=rngs, init_std=init_std, **cfg.router_logits.kwargs)
+            self.router = cfg.router_logits.construct(cfg, D, rngs=rngs, init_std=init_std)
         self.up = param(rngs, dense_init(D, init_std), (E, D, F), ("expert", "embed", "mlp"), width_role="hidden")
         self.gate = (
             param(rngs, dense_init(D, init_std), (E, D, F), ("expert", "embed", "mlp"), width_role="hidden") if mlp.gated else None

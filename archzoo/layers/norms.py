@@ -17,7 +17,7 @@ def make_norm(cfg: NormConfig, d_model: int, *, rngs: nnx.Rngs) -> nnx.Module:
     (:class:`~archzoo.layers.plugins.NormPlugin`) with its options."""
     if isinstance(cfg.kind, str):
         return Norm(cfg, d_model, rngs=rngs)
-    return cfg.kind.resolve()(cfg, d_model, rngs=rngs, **cfg.kind.kwargs)
+    return cfg.kind.construct(cfg, d_model, rngs=rngs)
 
 
 class Norm(nnx.Module):

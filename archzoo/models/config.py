@@ -154,7 +154,7 @@ class ModelConfig:
     scan_layers: bool = False
 
     def __post_init__(self):
-        accept_paths(self, "", mask=MaskPlugin, encoder_mask=MaskPlugin)
+        accept_paths(self, "", "mask", "encoder_mask")
         for name in ("vocab_size", "d_model", "num_layers"):
             if getattr(self, name) < 1:
                 raise invalid(name, f"must be >= 1, got {getattr(self, name)}")
@@ -372,11 +372,11 @@ def _check_layer_plugin(key: str, section, D: int, H: int, E: int | None, dtype:
     if key == "position.kind":
         own = section.kind
         q, k = jax.ShapeDtypeStruct((2, 5), jnp.int32), jax.ShapeDtypeStruct((2, 7), jnp.int32)
-        make = lambda rngs: own.resolve()(section, H, bidirectional=True, rngs=rngs, **own.kwargs)  # noqa: E731
+        make = lambda rngs: own.construct(section, H, bidirectional=True, rngs=rngs)  # noqa: E731
         return check_layer(key, own, make, (q, k), [(2, H, 5, 7), (1, H, 5, 7)])
     own = section.router_logits
     x32 = jax.ShapeDtypeStruct((2, 3, D), jnp.float32)
-    make = lambda rngs: own.resolve()(section, D, rngs=rngs, init_std=init_std, **own.kwargs)  # noqa: E731
+    make = lambda rngs: own.construct(section, D, rngs=rngs, init_std=init_std)  # noqa: E731
     return check_layer(key, own, make, (x32,), [(2, 3, E)])
 
 

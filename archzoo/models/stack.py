@@ -170,9 +170,13 @@ class Stack(nnx.Module):
         learned = pos.kind == "learned"
         self.positions = LearnedPositions(pos, cfg.d_model, rngs=rngs, init_std=init.embedding_std) if learned else None
         # an attention-logit bias from positions: T5's table, or the user's (layers/plugins.py)
-        bias = RelativePositionBias if pos.kind == "t5_bias" else None if isinstance(pos.kind, str) else pos.kind.resolve()
-        options = {} if isinstance(pos.kind, str) else pos.kind.kwargs
-        self.relative_bias = bias and bias(pos, cfg.attention.num_heads, bidirectional=bidirectional, rngs=rngs, **options)
+        H = cfg.attention.num_heads
+        if pos.kind == "t5_bias":
+            self.relative_bias = RelativePositionBias(pos, H, bidirectional=bidirectional, rngs=rngs)
+        elif isinstance(pos.kind, str):
+            self.relative_bias = None
+        else:
+            self.relative_bias = pos.kind.construct(pos, H, bidirectional=bidirectional, rngs=rngs)
         self.alibi_slopes = tuple(float(s) for s in alibi_slopes(cfg.attention.num_heads)) if pos.kind == "alibi" else None
         self.rope_inv_freq = tuple(float(f) for f in rope_inverse_frequencies(pos, cfg.head_dim)) if pos.kind == "rope" else None
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, rngs=rngs) if cfg.norm.embedding_norm else None

@@ -183,12 +183,10 @@ class ObjectivePlugin(Plugin):
         except Exception as e:  # the user's own __post_init__ refused a value: say so at the key
             raise ConfigError(f"{where}{key}: {config_class.__name__} refuses these settings: {type(e).__name__}: {e}") from None
         plugin = cls(plugin.path, (), config)
-        probe = np.arange(SpecialTokens().count, SpecialTokens().count + 24, dtype=np.int32)
         try:
-            example = functools.partial(plugin.resolve(), cfg=config, special=SpecialTokens())(probe, np.random.default_rng(0), ends_document=True)
-            check_example(example, plugin.path, SpecialTokens())
+            example = _probe_example(plugin, SpecialTokens())
         except Exception as e:  # what the user's function did on a probe chunk, at the key
-            raise ConfigError(f"{where}{key}: {plugin.path} fails on a probe chunk of 24 tokens: {type(e).__name__}: {e}") from None
+            raise ConfigError(f"{where}{key}: {plugin.path} fails on a probe chunk of {_PROBE_LEN} tokens: {type(e).__name__}: {e}") from None
         object.__setattr__(plugin, "targets_at_positions", example.target_positions is not None)
         return plugin
 
@@ -198,7 +196,8 @@ class ObjectivePlugin(Plugin):
 
     def to_config(self):
         settings = to_dict(self.config) if self.config is not None else {}
-        default = to_dict(type(self.config)()) if self.config is not None and _has_defaults(type(self.config)) else None
+        defaults = self.config is not None and not any(_no_default(f) for f in dataclasses.fields(self.config))
+        default = to_dict(type(self.config)()) if defaults else None
         return self.path if settings == default else {"path": self.path, **settings}
 
     @property
@@ -215,8 +214,16 @@ def _no_default(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _has_defaults(config: type) -> bool:
-    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(config))
+_PROBE_LEN = 24  # tokens of the chunk a plug-in objective is tried on
+
+
+def _probe_example(plugin: ObjectivePlugin, special: SpecialTokens):
+    """The plug-in's example of a chunk of ordinary tokens that ends its document, checked
+    (:func:`check_example`)."""
+    probe = np.arange(special.count, special.count + _PROBE_LEN, dtype=np.int32)
+    example = plugin.construct(probe, np.random.default_rng(0), cfg=plugin.config, special=special, ends_document=True)
+    check_example(example, plugin.path, special)
+    return example
 
 
 def check_example(example, label: str, special: SpecialTokens) -> None:
@@ -248,7 +255,7 @@ class ObjectiveConfig:
     mlm: MlmConfig = dataclasses.field(default_factory=MlmConfig)
 
     def __post_init__(self):
-        accept_paths(self, "objective.", name=ObjectivePlugin)
+        accept_paths(self, "objective.", "name")
 
     @property
     def selected(self):
@@ -281,10 +288,8 @@ def build_objective(cfg, special: SpecialTokens = SpecialTokens()) -> Objective:
     """
     if isinstance(cfg, ObjectiveConfig) and isinstance(cfg.name, ObjectivePlugin):
         plugin = cfg.name
-        objective = functools.partial(plugin.resolve(), cfg=plugin.config, special=special)
-        probe = np.arange(special.count, special.count + 24, dtype=np.int32)
-        check_example(objective(probe, np.random.default_rng(0), ends_document=True), plugin.path, special)
-        return objective
+        _probe_example(plugin, special)  # with the tokenizer's own reserved ids
+        return functools.partial(plugin.resolve(), cfg=plugin.config, special=special)
     if isinstance(cfg, ObjectiveConfig):
         cfg = cfg.selected
     for config_class, function in OBJECTIVES.values():

@@ -157,8 +157,9 @@ def plan_sweep(experiment: Experiment, *, overwrite: bool = False, allow_plugin_
                 f"{' ...' if len(strangers) > 8 else ''}; they belong to another experiment (or to axis values "
                 "since removed): give this experiment another out_dir, or move them away"
             )
-    differ = [c.name for c in experiment.runs if (c.run_dir / "config.yaml").exists() and not _same_run(c.run_dir, resolved(c))]
-    changed = {c.name: plugin_change(c.run_dir, resolved(c)) for c in experiment.runs if c.name in differ}
+    written = {c.name: resolved(c) for c in experiment.runs if (c.run_dir / "config.yaml").exists()}  # hashes each plug-in's source
+    differ = [c.name for c in experiment.runs if c.name in written and not _same_run(c.run_dir, written[c.name])]
+    changed = {c.name: plugin_change(c.run_dir, written[c.name]) for c in experiment.runs if c.name in differ}
     plugin_only = [name for name, why in changed.items() if why]
     if plugin_only and not overwrite and not allow_plugin_change:
         raise ConfigError(
