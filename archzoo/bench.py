@@ -196,7 +196,7 @@ def _time(fn, *args, steps: int) -> tuple[float, float]:
 def moe_variants(base, experts: int = 8, top_k: int = 2) -> list[tuple[str, object]]:
     """The dense model and its MoE twins at the same active parameters: ``experts`` experts of
     width ``d_ff / top_k`` in every block, ``top_k`` per token (plus the router), dispatched
-    dropless by padding (:mod:`archzoo.layers.moe`), dropless by ``ragged_dot``, and by
+    dropless in blocks, by padding (:mod:`archzoo.layers.moe`) and by ``ragged_dot``, and by
     capacity (factor 1.25)."""
     from archzoo.layers.config import MoeConfig
 
@@ -208,6 +208,7 @@ def moe_variants(base, experts: int = 8, top_k: int = 2) -> list[tuple[str, obje
 
     return [
         ("dense", base),
+        ("dropless (blocks)", with_moe(grouped_matmul="blocks")),
         ("dropless (padded)", with_moe(grouped_matmul="padded")),
         ("dropless (ragged_dot)", with_moe(grouped_matmul="ragged")),
         ("capacity 1.25", with_moe(dispatch="capacity", capacity_factor=1.25)),

@@ -296,6 +296,11 @@ class Layout:
 _ACTIVE: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("archzoo_layout", default=None)
 
 
+def active_layout() -> Layout | None:
+    """The :class:`Layout` entered (``with layout:``) around this trace, or None."""
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     """``x`` constrained to the sharding its dimensions' logical ``names`` map to under the
     active :class:`Layout`; ``x`` itself when none is active (one device, generation, tests)."""

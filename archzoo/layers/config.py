@@ -293,10 +293,13 @@ class MoeConfig:
         (higher router probability first, before renormalisation: batch prioritized routing,
         Riquelme et al. 2021).
       grouped_matmul: the dropless path: ``ragged`` (assignments sorted by expert,
-        ``jax.lax.ragged_dot``), ``padded`` (each expert's assignments padded to a capacity of
-        1.25 times the mean load, one batched matmul, and further passes only when an expert
-        is more loaded than that) or ``auto`` (padded on CPU, ragged elsewhere; ``archzoo bench moe``
-        measures both).
+        ``jax.lax.ragged_dot``), ``blocks`` (each expert's assignments in blocks of rows, every
+        block through its expert in one batched matmul with the weights gathered per block: the
+        cost follows the assignments, whatever the loads), ``padded`` (each expert's
+        assignments padded to a capacity of 1.25 times the mean load, one batched matmul
+        ``[E, C, D]`` that a mesh's ``expert`` axis splits, and further passes only when an expert
+        is more loaded than that) or ``auto`` (on CPU ``blocks``, or ``padded`` under a mesh
+        with an ``expert`` axis; ``ragged`` elsewhere; ``archzoo bench moe`` measures them).
       jitter: training only: the router's input is multiplied by U(1 - jitter, 1 + jitter)
         (Switch); the experts see the input unchanged.
       noise: training only: Gaussian noise of this std added to the router logits before the
@@ -333,7 +336,7 @@ class MoeConfig:
     expert_capacity: int | None = None
     group: Literal["row", "batch"] = "row"
     priority: Literal["position", "score"] = "position"
-    grouped_matmul: Literal["auto", "ragged", "padded"] = "auto"
+    grouped_matmul: Literal["auto", "ragged", "blocks", "padded"] = "auto"
     jitter: float = 0.0
     noise: float = 0.0
     balance: Literal["loss", "bias"] = "loss"

@@ -24,7 +24,14 @@ import pytest
 from flax import nnx
 
 from archzoo.layers.config import MlpConfig, MoeConfig
-from archzoo.layers.moe import MoE, capacity, grouped_matmul_kind, update_balance_biases
+from archzoo.layers.moe import (
+    MoE,
+    block_layout,
+    capacity,
+    grouped_matmul_kind,
+    update_balance_biases,
+)
+from archzoo.sharding import Layout
 
 B, L, D, F = 2, 8, 8, 16
 TOL = 2e-5  # relative to the largest reference value
@@ -305,7 +312,7 @@ DROPLESS_CASES = [
 ]
 
 
-@pytest.mark.parametrize("matmul", ["ragged", "padded"])
+@pytest.mark.parametrize("matmul", ["ragged", "blocks", "padded"])
 @pytest.mark.parametrize("routing,mlp_name", DROPLESS_CASES)
 def test_dropless_token_choice_matches_the_loop(routing, mlp_name, matmul):
     mlp = MLPS[mlp_name]
@@ -319,10 +326,25 @@ def test_dropless_token_choice_matches_the_loop(routing, mlp_name, matmul):
     assert float(report.stats["dropped_fraction"]) == 0.0 and not dropped
 
 
-def test_auto_grouped_matmul_is_padded_on_cpu_only():
-    want = "padded" if jax.default_backend() == "cpu" else "ragged"
-    assert grouped_matmul_kind(MoeConfig(grouped_matmul="auto")) == want
+def test_auto_grouped_matmul_is_blocks_on_cpu_and_padded_under_an_expert_axis():
+    cpu = jax.default_backend() == "cpu"
+    assert grouped_matmul_kind(MoeConfig(grouped_matmul="auto")) == ("blocks" if cpu else "ragged")
     assert grouped_matmul_kind(MoeConfig(grouped_matmul="ragged")) == "ragged"
+    for experts_split, want in ((1, "blocks"), (2, "padded")):  # an expert axis of one device splits nothing
+        with Layout(jax.sharding.AbstractMesh((2, experts_split), ("data", "expert"))).active():
+            assert grouped_matmul_kind(MoeConfig(grouped_matmul="auto")) == (want if cpu else "ragged")
+
+
+@pytest.mark.parametrize("assignments,experts", [(8192, 8), (16, 4), (32, 4), (4096, 64), (8, 8)])
+def test_the_blocks_hold_any_load(assignments, experts):
+    """``nb`` blocks of R rows hold every load: all on one expert, one on each but the last,
+    or R + 1 on each (every last block nearly empty), the rest on the last."""
+    R, nb = block_layout(assignments, experts)
+    assert R % 8 == 0
+    for first in (0, 1, R + 1):
+        loads = [min(first, assignments // experts)] * (experts - 1)
+        loads.append(assignments - sum(loads))
+        assert sum(-(-c // R) for c in loads) <= nb, (first, loads)
 
 
 def prototypes(ref: Reference, seed: int) -> list[np.ndarray]:
@@ -350,11 +372,12 @@ def skewed_inputs(ref: Reference, on_zero: int, seed: int) -> tuple[np.ndarray, 
 
 # 16 real tokens, top-1, E = 4: mean load 4; the padded path's first pass holds 5 per expert
 # (1.25 times the mean), the rest go to its overflow pass
+@pytest.mark.parametrize("matmul", ["blocks", "padded"])
 @pytest.mark.parametrize("load", [4, 5, 6, 7, 8, 9, 12, 13, 16])
-def test_padded_dropless_holds_any_load(load):
+def test_dropless_holds_any_load(load, matmul):
     """The most loaded expert's load below, at and past the padded path's first capacity, up to
     every token on one expert: nothing is ever dropped."""
-    layer = make_moe(RELU_BIAS, seed=2, num_experts=4, top_k=1, grouped_matmul="padded")
+    layer = make_moe(RELU_BIAS, seed=2, num_experts=4, top_k=1, grouped_matmul=matmul)
     ref = Reference(layer, RELU_BIAS)
     x, experts = skewed_inputs(ref, load, seed=2)  # the others take at most the mean
     assert [ref.choose(t)[0][0] for t in x.reshape(-1, D)] == experts
@@ -366,10 +389,11 @@ def test_padded_dropless_holds_any_load(load):
     assert float(report.stats["expert_fraction"][0]) == pytest.approx(load / 16)
 
 
-def test_padded_dropless_with_padding_on_the_loaded_expert():
-    """Left padding whose inputs also go to the overloaded expert: it is routed nowhere, in
-    neither pass, and outputs 0."""
-    layer = make_moe(RELU_BIAS, seed=2, num_experts=4, top_k=1, grouped_matmul="padded")
+@pytest.mark.parametrize("matmul", ["blocks", "padded"])
+def test_dropless_with_padding_on_the_loaded_expert(matmul):
+    """Left padding whose inputs also go to the overloaded expert: it is routed nowhere (in
+    no pass of ``padded``) and outputs 0."""
+    layer = make_moe(RELU_BIAS, seed=2, num_experts=4, top_k=1, grouped_matmul=matmul)
     ref = Reference(layer, RELU_BIAS)
     protos = prototypes(ref, 2)
     experts = [0, 0, 0] + [0] * 6 + [1, 2, 3] * 2 + [0]
@@ -477,7 +501,7 @@ def test_shared_experts_padding_outputs_zero(shared_gate):
     assert np.all(got[~valid] == 0), f"padding outputs up to {np.max(np.abs(got[~valid])):.3g}, not 0"
 
 
-@pytest.mark.parametrize("matmul", ["ragged", "padded"])
+@pytest.mark.parametrize("matmul", ["ragged", "blocks", "padded"])
 def test_fine_grained_experts(matmul):
     layer = make_moe(SWIGLU, seed=4, num_experts=2, top_k=1, granularity=2, grouped_matmul=matmul)
     assert (layer.cfg.experts, layer.cfg.k) == (4, 2)
