@@ -74,6 +74,7 @@ def _selected(experiment, names: list[str]):
 
 def _run(args) -> int:
     from archzoo.train.config import load_experiment
+    from archzoo.distributed import DistributedError
     from archzoo.train.loop import TrainingError, train
     from archzoo.train.rundir import RunDirBusy, RunDirError
     from archzoo.train.sweep import EXIT_BUSY
@@ -91,7 +92,7 @@ def _run(args) -> int:
     except RunDirBusy as e:
         print(f"archzoo run: error: {e}", file=sys.stderr)
         return EXIT_BUSY
-    except (RunDirError, TrainingError) as e:
+    except (RunDirError, TrainingError, DistributedError) as e:
         print(f"archzoo run: error: {e}", file=sys.stderr)
         return 1
     import jax

@@ -26,7 +26,7 @@ import jax
 
 from archzoo.config import ConfigError, invalid
 
-__all__ = ["DistributedConfig", "DistributedError", "initialize", "settings", "exchange"]
+__all__ = ["DistributedConfig", "DistributedError", "initialize", "settings", "exchange", "announce_failure"]
 
 
 class DistributedError(RuntimeError):
@@ -143,6 +143,30 @@ def _wait_for(address: str, timeout_s: int, process_id: int, num_processes: int)
             time.sleep(0.2)
 
 
+def _client():
+    from jax._src import distributed  # the client orbax uses too; jax exposes no public handle
+
+    return distributed.global_state.client
+
+
+def announce_failure(message: str) -> None:
+    """Tells the other processes of the run that this one failed (``message`` names why): each
+    stops at its next :func:`exchange` with that message instead of waiting for this process
+    until the exchange's timeout. Does nothing in a run of one process or when the coordinator
+    is already gone."""
+    if jax.process_count() == 1:
+        return
+    try:
+        _client().key_value_set(f"archzoo/failed/{jax.process_index()}", message[:2000], allow_overwrite=True)
+    except Exception:  # the coordinator went first: the others learn it from their own client
+        pass
+
+
+def _failures(client) -> list[tuple[int, str]]:
+    """``(process, message)`` of every process that announced a failure."""
+    return sorted((int(key.rsplit("/", 1)[1]), value) for key, value in client.key_value_dir_get("archzoo/failed/"))
+
+
 _exchanges = [0]  # how many exchanges this process made: every process makes them in the same order
 
 
@@ -152,23 +176,39 @@ def exchange(tag: str, value, timeout_s: int = 600) -> list:
     work). One process: ``[value]``.
 
     Every process must call it at the same points, in the same order (``tag`` names the point
-    in errors and keys)."""
+    in errors and keys). It waits up to ``timeout_s`` for the others, and stops as soon as one
+    of them announces a failure (:func:`announce_failure`).
+
+    Raises:
+      DistributedError: another process failed (its message is quoted), the coordinator is
+        gone, or an answer did not come within ``timeout_s``.
+    """
     n = jax.process_count()
     if n == 1:
         return [value]
-    from jax._src import distributed  # the client orbax uses too; jax exposes no public handle
-
-    client = distributed.global_state.client
+    client = _client()
     me, seq = jax.process_index(), _exchanges[0]
     _exchanges[0] += 1
     client.key_value_set(f"archzoo/{seq}/{me}", json.dumps(value))
-    try:
-        values = [
-            value if i == me else json.loads(client.blocking_key_value_get(f"archzoo/{seq}/{i}", timeout_s * 1000))
-            for i in range(n)
-        ]
-    except Exception as e:
-        raise DistributedError(f"process {me}: no answer from the other processes at {tag} within {timeout_s} s ({e})") from None
+    deadline = time.monotonic() + timeout_s
+    values = []
+    for i in range(n):
+        while i != me:
+            try:
+                values.append(json.loads(client.blocking_key_value_get(f"archzoo/{seq}/{i}", 1000)))
+                break
+            except Exception as e:  # not yet (a deadline of its own), or the coordinator is gone
+                try:
+                    failed = _failures(client)
+                except Exception:
+                    raise DistributedError(f"process {me}: the coordinator went away at {tag} ({e})") from None
+                if failed:
+                    who, why = failed[0]
+                    raise DistributedError(f"process {me} stops at {tag}: process {who} failed: {why}") from None
+                if time.monotonic() >= deadline:
+                    raise DistributedError(f"process {me}: no answer from process {i} at {tag} within {timeout_s} s ({e})") from None
+        if i == me:
+            values.append(value)
     if seq >= 2:  # every process has read exchange seq - 2 before posting seq - 1, which this one has read
         client.key_value_delete(f"archzoo/{seq - 2}/{me}")
     return values

@@ -21,7 +21,7 @@ from flax import nnx
 
 from archzoo.analysis.runs import write_record
 from archzoo.config import ConfigError, to_dict
-from archzoo.distributed import exchange, initialize
+from archzoo.distributed import announce_failure, exchange, initialize
 from archzoo.features.run_data import RunData, build_run_data
 from archzoo.layers.kernels import check_backend
 from archzoo.models import count_params
@@ -214,20 +214,24 @@ def train(cfg: RunConfig, *, overwrite: bool = False, progress: bool | None = No
       TrainingError: the loss became NaN or infinite.
     """
     initialize(cfg.distributed)
-    if jax.process_index() != 0:  # process 0 holds and writes the directory; the others follow it
-        done = exchange("done", None)[0]
-        return done if done is not None else _train(cfg, overwrite, progress, allow_plugin_change)
-    with hold_run_dir(cfg.run_dir):
-        config = resolved(cfg)
-        done = None if overwrite else completed_summary(cfg.run_dir, config)
-        exchange("done", done)
-        if done is not None:
-            return done
-        try:
-            return _train(cfg, overwrite, progress, allow_plugin_change)
-        except Exception as e:
-            record_failure(cfg.run_dir, config, type(e).__name__, str(e), "".join(traceback.format_exception(e)))
-            raise
+    try:
+        if jax.process_index() != 0:  # process 0 holds and writes the directory; the others follow it
+            done = exchange("done", None)[0]
+            return done if done is not None else _train(cfg, overwrite, progress, allow_plugin_change)
+        with hold_run_dir(cfg.run_dir):
+            config = resolved(cfg)
+            done = None if overwrite else completed_summary(cfg.run_dir, config)
+            exchange("done", done)
+            if done is not None:
+                return done
+            try:
+                return _train(cfg, overwrite, progress, allow_plugin_change)
+            except Exception as e:
+                record_failure(cfg.run_dir, config, type(e).__name__, str(e), "".join(traceback.format_exception(e)))
+                raise
+    except BaseException as e:  # the other processes stop at their next exchange, naming this failure
+        announce_failure(f"{type(e).__name__}: {e}")
+        raise
 
 
 def _train(cfg: RunConfig, overwrite: bool, progress: bool | None, allow_plugin_change: bool = False) -> dict:

@@ -124,3 +124,19 @@ def test_distributed_settings_are_checked_at_the_edge(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHZOO_PROCESS_ID", "1")
     monkeypatch.setenv("ARCHZOO_COORDINATOR", "10.0.0.1:1234")
     assert settings(DistributedConfig(timeout_s=5)) == DistributedConfig("10.0.0.1:1234", 2, 1, 5)
+
+
+def test_when_process_0_fails_before_training_process_1_stops_naming_its_error(tmp_path):
+    """Process 0 refuses the run directory (its config.yaml is broken); process 1, waiting for
+    it at the first exchange, stops with process 0's error instead of waiting out the timeout."""
+    path = config(tmp_path)
+    cfg = load_run_configs(path)[0]
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text("model: [unclosed\n")
+    procs = start_pair(path, free_port())
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] != [0, 0]
+    assert "config.yaml" in errs[0], errs[0][-2000:]
+    last = errs[1].strip().splitlines()[-1]  # one line, no traceback
+    assert last.startswith("archzoo run: error: process 1 stops at prepared: process 0 failed: RunDirError: "), errs[1][-2000:]
+    assert "config.yaml, line 2" in last
