@@ -241,11 +241,6 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None, allow_plugin_
     primary, processes = jax.process_index() == 0, jax.process_count()
     check_backend(cfg.model.attention.backend)
     layout = _layout(cfg)
-    if processes > 1 and cfg.eval is not None:
-        raise ConfigError(
-            "eval: task evaluation during training runs on one process; leave the eval section out of a run "
-            "of several processes and evaluate its checkpoints afterwards with archzoo eval"
-        )
 
     # -- data, checked against the config before the run directory takes it ----------------------
     data = build_run_data(
@@ -309,13 +304,24 @@ def _train(cfg: RunConfig, overwrite: bool, progress: bool | None, allow_plugin_
         }
 
     def evaluate_tasks(step: int) -> None:
+        """Scores the tasks at ``step`` and writes them. With several processes, each holding part
+        of the parameters, every process gathers a whole copy to its host, process 0 evaluates it
+        alone on its own device, and the others wait for it at an exchange (a failure there is
+        announced, so they do not wait out the timeout)."""
         from archzoo.analysis.evaluate import evaluate_model, write_results
 
         tasks, opts = evaluation
-        model = nnx.merge(graphdef, params, rest)
-        row_len = max(data.lengths.values())
-        records, samples = evaluate_model(model, data.tokenizer, tasks, opts, start_id=data.special.pad, row_len=row_len, step=step)
-        write_results(run_dir, records, samples, step)
+        state = (params, rest)
+        if processes > 1:
+            from jax.experimental import multihost_utils
+
+            state = multihost_utils.process_allgather(state, tiled=True)
+        if primary:
+            model = nnx.merge(graphdef, *state)
+            row_len = max(data.lengths.values())
+            records, samples = evaluate_model(model, data.tokenizer, tasks, opts, start_id=data.special.pad, row_len=row_len, step=step)
+            write_results(run_dir, records, samples, step)
+        exchange("tasks", None, timeout_s=24 * 3600)
 
     per_token = train_flops_per_token(cfg.model, data.lengths)  # per real token of each stream
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from archzoo.analysis.evaluate import EvalOptions, evaluate_run
+from archzoo.analysis.runs import load_run
 from archzoo.distributed import DistributedConfig, DistributedError, initialize
 from archzoo.features.run_data import build_run_data
 from archzoo.train.checkpoints import read_params
@@ -62,7 +64,8 @@ def reference(cfg, steps: int):
 
 @pytest.mark.slow
 def test_two_processes_train_as_one_with_the_global_batch_and_resume_after_a_kill_9(tmp_path):
-    path = config(tmp_path, budget=f"{{kind: steps, value: {STEPS}}}")
+    # task evaluation at the end: process 0 scores a whole copy of the parameters
+    path = config(tmp_path, budget=f"{{kind: steps, value: {STEPS}}}", extra=f"eval: {{tasks: [copy], shots: [1], examples: 3, every: {STEPS}}}")
     cfg = load_run_configs(path)[0]
     expected, expected_params = reference(cfg, STEPS)
 
@@ -101,6 +104,12 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume_after_a_kil
     assert step == STEPS
     for a, b in zip(nnx.to_flat_state(params), nnx.to_flat_state(expected_params)):
         np.testing.assert_allclose(np.asarray(a[1][...]), np.asarray(b[1][...]), rtol=1e-4, atol=1e-6, err_msg=str(a[0]))
+
+    # its task scores are those of evaluating the checkpoint afterwards in one process
+    evals = load_run(cfg.run_dir).evals
+    assert {r["step"] for r in evals} == {STEPS}
+    again = evaluate_run(cfg.run_dir, ["copy"], EvalOptions(shots=[1]), examples=3)
+    assert {(r["metric"], r["value"]) for r in again} == {(r["metric"], r["value"]) for r in evals}
 
 
 def test_a_coordinator_that_cannot_be_reached_is_an_error_after_the_timeout_not_a_hang():
