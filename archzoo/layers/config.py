@@ -31,8 +31,11 @@ class AttentionConfig:
         ``full`` over all heads together (OLMoE), ``head`` over each head (OLMo 2, Qwen 3), None.
       backend: ``auto`` (default): per call, cuDNN on an NVIDIA GPU or splash attention on a
         TPU where the mask translates into that kernel's arguments without a check on the data
-        and the inputs fit it, else ``xla``; on CPU exactly ``xla``. Forced: ``xla`` (einsum +
-        dense mask), ``jax`` (jax.nn.dot_product_attention, XLA implementation), ``cudnn``
+        and the inputs fit it, else ``xla``; on CPU the fused ``cpu`` kernel where it is built
+        (a C++ compiler at first use) and the inputs fit it, outside a mesh of several devices,
+        else ``xla``. Forced: ``xla`` (einsum + dense mask), ``jax``
+        (jax.nn.dot_product_attention, XLA implementation), ``cpu`` (CPU only: the fused C++
+        kernel, :mod:`archzoo.layers.cpu_fused`; ``xla`` without a compiler), ``cudnn``
         (GPU only) or ``splash`` (TPU only): the mask's structure goes to the fused kernel,
         checked on device where it assumes a layout of the facts; masks the kernel cannot say
         and inputs it does not take go to ``xla``; off their platform they refuse to run.
@@ -46,7 +49,7 @@ class AttentionConfig:
     scale: bool = True
     sliding_window: int | None = None
     qk_norm: Literal["full", "head"] | None = None
-    backend: Literal["auto", "xla", "jax", "cudnn", "splash"] = "auto"
+    backend: Literal["auto", "xla", "jax", "cpu", "cudnn", "splash"] = "auto"
 
     def __post_init__(self):
         if self.num_heads < 1:

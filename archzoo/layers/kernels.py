@@ -17,12 +17,17 @@ that is known when tracing; for any other mask (a prefix, a plug-in's) each bloc
 batch on device (``jax.lax.cond``): a prefix that ends inside the block lets it skip as the
 causal mask does. Outputs at non-padding queries are the same as the dense path.
 
+The ``cpu`` backend is a fused blocked attention in C++ (:mod:`archzoo.layers.cpu_fused`): it
+reads the dense mask tile by tile and skips the empty tiles itself, for every mask.
+
 The ``cudnn`` and ``splash`` backends hand the mask's structure to a fused kernel
 (:mod:`archzoo.layers.cudnn`, :mod:`archzoo.layers.splash`) and give the masks it cannot say
 to ``xla``; where a translation assumes a layout of the facts that only the data can confirm
 (one example per row for cuDNN's lengths), they branch on device between the kernel and
 ``xla``. ``auto`` picks when tracing, without such a branch: ``cudnn`` on GPU and ``splash`` on
-TPU where the mask translates and the inputs fit the kernel, ``xla`` otherwise (always on CPU).
+TPU where the mask translates and the inputs fit the kernel, ``cpu`` on CPU where the kernel is
+built and the inputs fit it (not under a mesh of several devices, which would replicate it),
+``xla`` otherwise.
 """
 
 from __future__ import annotations
@@ -33,12 +38,16 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-from archzoo.layers import cudnn, splash
+import math
+
+from archzoo.layers import cpu_fused, cudnn, splash
 from archzoo.masks import Mask
+from archzoo.sharding import active_layout
 
 __all__ = [
     "xla_attention",
     "jax_attention",
+    "cpu_attention",
     "cudnn_attention",
     "splash_attention",
     "auto_attention",
@@ -172,7 +181,7 @@ def _guarded(holds, kernel, fallback):
     return jax.lax.cond(holds, kernel, fallback)
 
 
-_PLATFORMS = {"cudnn": ("gpu", "an NVIDIA GPU"), "splash": ("tpu", "a TPU")}
+_PLATFORMS = {"cpu": ("cpu", "a CPU"), "cudnn": ("gpu", "an NVIDIA GPU"), "splash": ("tpu", "a TPU")}
 
 
 def _missing_platform(backend: str) -> str | None:
@@ -201,6 +210,26 @@ def check_backend(backend: str, key: str = "model.attention.backend") -> None:
     problem = _missing_platform(backend)
     if problem is not None:
         raise ConfigError(f"{key}: {problem}")
+
+
+def cpu_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
+    """The fused CPU kernel (:mod:`archzoo.layers.cpu_fused`) on the mask's dense form; inputs
+    it does not take (head widths other than 16, 32, 64, 128) and a machine without a C++
+    compiler take the ``xla`` path.
+
+    Raises:
+      RuntimeError: off CPU, naming ``attention.backend``.
+    """
+    _require("cpu")
+    if cpu_fused.supports(q_BQHD, k_BKGD, bias_BHQK) and cpu_fused.available():
+        return cpu_fused.attend(q_BQHD, k_BKGD, v_BKGD, mask.allowed(), bias_BHQK, scale)
+    return xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
+
+
+def _one_device() -> bool:
+    """No mesh of several devices is active (a custom call would be replicated over it)."""
+    layout = active_layout()
+    return layout is None or math.prod(layout.mesh.shape.values()) == 1
 
 
 def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
@@ -240,9 +269,12 @@ def splash_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float
 def auto_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     """cuDNN on GPU, splash on TPU, where the mask translates and is known to hold when traced
     (auto never branches on the data: a translation that assumes a layout of traced facts
-    goes to ``xla``) and the inputs fit the kernel; ``xla`` otherwise, so on CPU it is ``xla``.
+    goes to ``xla``) and the inputs fit the kernel; on CPU the fused ``cpu`` kernel where it is
+    built, the inputs fit it and no mesh of several devices is active; ``xla`` otherwise.
     A logit bias (ALiBi, T5) keeps to ``xla`` on GPU too: cuDNN's bias gradient is unverified."""
     platform = jax.default_backend()
+    if platform == "cpu" and _one_device() and cpu_fused.supports(q_BQHD, k_BKGD, bias_BHQK) and cpu_fused.available():
+        return cpu_fused.attend(q_BQHD, k_BKGD, v_BKGD, mask.allowed(), bias_BHQK, scale)
     if platform == "gpu" and cudnn.supports(q_BQHD) and bias_BHQK is None:
         translated = cudnn.translate(mask)
         if translated is not None and translated.holds is True:
@@ -258,6 +290,7 @@ BACKENDS = {
     "auto": auto_attention,
     "xla": xla_attention,
     "jax": jax_attention,
+    "cpu": cpu_attention,
     "cudnn": cudnn_attention,
     "splash": splash_attention,
 }

@@ -1,0 +1,405 @@
+// Fused blocked attention for CPUs, forward and backward, as XLA FFI custom calls.
+//
+// Queries [B, Q, H, D], keys and values [B, K, G, D] (G divides H), a boolean mask [B, Q, K], an
+// additive bias [Bb, Hb, Qb, K] (each of Bb, Hb, Qb 1 or full; a [1, 1, 1, 1] zero when there is
+// none) and the logit scale. The forward pass walks tiles of TQ queries by TK keys with an online
+// softmax and skips every tile the mask leaves empty; it writes the output and each query's
+// log-sum-exp. The backward pass recomputes the probabilities tile by tile from the log-sum-exp
+// (FlashAttention-2's scheme) and writes dq, dk, dv and, when asked, the logits' gradient for a
+// bias. All arithmetic is float32. Queries with no allowed key output 0 and pass no gradient.
+//
+// Work is split over (batch, head) in the forward pass and over (batch, kv head) in the backward
+// pass, which owns every write of its dk and dv: no two threads write one element. The threads
+// are XLA's own intra-op pool's (the calling thread takes tasks too, so a busy pool only slows it).
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int TQ = 32;
+constexpr int TK = 64;
+constexpr float kMasked = -1e30f;
+
+// exp(x) for x <= 0 down to -87 (below: 0), within 2e-7 relative, written so loops vectorize.
+inline float exp_neg(float x) {
+  x = std::max(x, -87.0f);
+  float t = x * 1.4426950408889634f;
+  float fi = std::floor(t);
+  float f = t - fi;
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  int32_t e = (static_cast<int32_t>(fi) + 127) << 23;
+  return p * std::bit_cast<float>(e);
+}
+
+struct Shapes {
+  int64_t B, Q, H, K, G, D, R;
+  int64_t bias_b, bias_h, bias_q;  // element strides of the bias (0 where broadcast)
+  bool has_bias;
+};
+
+// body(i) for i in [0, n), on the calling thread and up to the pool's other threads. A helper
+// that starts after every task is taken returns at once; the caller waits only for helpers that
+// took a task.
+template <typename Body>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, const Body& body) {
+  struct Job {
+    std::atomic<int64_t> next{0};
+    std::atomic<int> active{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto job = std::make_shared<Job>();
+  auto work = [job, n, &body]() {
+    job->active.fetch_add(1);
+    for (int64_t i = job->next.fetch_add(1); i < n; i = job->next.fetch_add(1)) body(i);
+    if (job->active.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> lock(job->mu);
+      job->cv.notify_all();
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t h = 0; h < helpers; ++h) {
+    auto task = work;
+    pool.Schedule(std::move(task));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(job->mu);
+  job->cv.wait(lock, [&] { return job->active.load() == 0; });
+}
+
+// A per-thread scratch buffer of at least n floats.
+inline float* scratch(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// C[c][:W] += sum_t P[c * CS + t * TS] * rows[t][:W] for c < NC, t < NT: the product of P (or
+// its transpose) with a tile of rows of width W, four rows of C at a time. Every matmul of the
+// kernel is one of these, vectorised along W.
+template <int D, int NC, int NT, int CS, int TS>
+inline void mm_acc(const float* __restrict P, const float* __restrict rows, float* __restrict C) {
+  for (int c = 0; c < NC; c += 4) {
+    float c0[D], c1[D], c2[D], c3[D];
+    std::memcpy(c0, C + (c + 0) * D, sizeof c0);
+    std::memcpy(c1, C + (c + 1) * D, sizeof c1);
+    std::memcpy(c2, C + (c + 2) * D, sizeof c2);
+    std::memcpy(c3, C + (c + 3) * D, sizeof c3);
+    for (int t = 0; t < NT; ++t) {
+      const float* p = P + c * CS + t * TS;
+      const float p0 = p[0], p1 = p[CS], p2 = p[2 * CS], p3 = p[3 * CS];
+      const float* r = rows + t * D;
+#pragma GCC ivdep
+      for (int x = 0; x < D; ++x) {
+        c0[x] += p0 * r[x];
+        c1[x] += p1 * r[x];
+        c2[x] += p2 * r[x];
+        c3[x] += p3 * r[x];
+      }
+    }
+    std::memcpy(C + (c + 0) * D, c0, sizeof c0);
+    std::memcpy(C + (c + 1) * D, c1, sizeof c1);
+    std::memcpy(C + (c + 2) * D, c2, sizeof c2);
+    std::memcpy(C + (c + 3) * D, c3, sizeof c3);
+  }
+}
+
+// C[TQ][TK] = A[TQ][D] . Bt[D][TK]
+template <int D>
+inline void mm_nt(const float* A, const float* Bt, float* C) {
+  std::fill(C, C + TQ * TK, 0.0f);
+  mm_acc<TK, TQ, D, D, 1>(A, Bt, C);
+}
+
+// C[TQ][D] += P[TQ][TK] . Brows[TK][D]
+template <int D>
+inline void mm_nn_acc(const float* P, const float* Brows, float* C) {
+  mm_acc<D, TQ, TK, TK, 1>(P, Brows, C);
+}
+
+// C[TK][D] += P[TQ][TK]^T . Arows[TQ][D]
+template <int D>
+inline void mm_tn_acc(const float* P, const float* Arows, float* C) {
+  mm_acc<D, TK, TQ, 1, TK>(P, Arows, C);
+}
+
+// Rows [start, start + n) of x[b, :, head, :] (row stride `heads * D`) into a zero-padded [rows][D] tile.
+template <int D>
+inline void load_rows(const float* x, int64_t b, int64_t len, int64_t heads, int64_t head, int64_t start, int rows, float scale, float* tile) {
+  std::memset(tile, 0, sizeof(float) * rows * D);
+  const int64_t n = std::min<int64_t>(rows, len - start);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* src = x + ((b * len + start + r) * heads + head) * D;
+    for (int d = 0; d < D; ++d) tile[r * D + d] = src[d] * scale;
+  }
+}
+
+// The transpose of a [TK][D] tile: [D][TK].
+template <int D>
+inline void transpose(const float* rows, float* cols) {
+  for (int j = 0; j < TK; ++j)
+    for (int d = 0; d < D; ++d) cols[d * TK + j] = rows[j * D + d];
+}
+
+// allowed[b, q0:q0+TQ, k0:k0+TK] as 0/1 (0 outside the arrays); whether any is 1.
+inline bool load_mask(const bool* allowed, const Shapes& s, int64_t b, int64_t q0, int64_t k0, uint8_t* tile) {
+  std::memset(tile, 0, TQ * TK);
+  const int64_t nq = std::min<int64_t>(TQ, s.Q - q0), nk = std::min<int64_t>(TK, s.K - k0);
+  uint8_t any = 0;
+  for (int64_t i = 0; i < nq; ++i) {
+    const bool* row = allowed + (b * s.Q + q0 + i) * s.K + k0;
+    for (int64_t j = 0; j < nk; ++j) {
+      tile[i * TK + j] = row[j];
+      any |= static_cast<uint8_t>(row[j]);
+    }
+  }
+  return any != 0;
+}
+
+// S = masked (scores + bias): kMasked where the mask is 0.
+inline void mask_and_bias(const Shapes& s, const float* bias, int64_t b, int64_t h, int64_t q0, int64_t k0, const uint8_t* mask, float* S) {
+  const int64_t nq = std::min<int64_t>(TQ, s.Q - q0), nk = std::min<int64_t>(TK, s.K - k0);
+  if (s.has_bias) {
+    for (int64_t i = 0; i < nq; ++i) {
+      const float* row = bias + b * s.bias_b + h * s.bias_h + (q0 + i) * s.bias_q + k0;
+      for (int64_t j = 0; j < nk; ++j) S[i * TK + j] += row[j];
+    }
+  }
+  for (int i = 0; i < TQ * TK; ++i) S[i] = mask[i] ? S[i] : kMasked;
+}
+
+template <int D>
+void forward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const float* k, const float* v, const bool* allowed, const float* bias, float scale,
+             float* out, float* lse) {
+  const int64_t tiles_q = (s.Q + TQ - 1) / TQ, tiles_k = (s.K + TK - 1) / TK;
+  parallel_for(pool, s.B * s.H, [&](int64_t task) {
+    thread_local std::vector<float> buf;
+    float* qt = scratch(buf, TQ * D * 2 + TK * D * 3 + TQ * TK + TQ * 3 + TQ * TK / 4);
+    float* acc = qt + TQ * D;
+    float* kr = acc + TQ * D;
+    float* kt = kr + TK * D;
+    float* vr = kt + TK * D;
+    float* S = vr + TK * D;
+    float* m = S + TQ * TK;
+    float* l = m + TQ;
+    float* corr = l + TQ;
+    uint8_t* mask = reinterpret_cast<uint8_t*>(corr + TQ);
+    const int64_t b = task / s.H, h = task % s.H, g = h / s.R;
+    for (int64_t iq = 0; iq < tiles_q; ++iq) {
+      const int64_t q0 = iq * TQ;
+      load_rows<D>(q, b, s.Q, s.H, h, q0, TQ, scale, qt);
+      std::fill(acc, acc + TQ * D, 0.0f);
+      std::fill(m, m + TQ, kMasked);
+      std::fill(l, l + TQ, 0.0f);
+      for (int64_t ik = 0; ik < tiles_k; ++ik) {
+        const int64_t k0 = ik * TK;
+        if (!load_mask(allowed, s, b, q0, k0, mask)) continue;
+        load_rows<D>(k, b, s.K, s.G, g, k0, TK, 1.0f, kr);
+        transpose<D>(kr, kt);
+        load_rows<D>(v, b, s.K, s.G, g, k0, TK, 1.0f, vr);
+        mm_nt<D>(qt, kt, S);
+        mask_and_bias(s, bias, b, h, q0, k0, mask, S);
+        for (int i = 0; i < TQ; ++i) {
+          float* row = S + i * TK;
+          float mx = m[i];
+          for (int j = 0; j < TK; ++j) mx = std::max(mx, row[j]);
+          float sum = 0.0f;
+          for (int j = 0; j < TK; ++j) {
+            const float p = row[j] > 0.5f * kMasked ? exp_neg(row[j] - mx) : 0.0f;
+            row[j] = p;
+            sum += p;
+          }
+          corr[i] = exp_neg(m[i] - mx);
+          l[i] = l[i] * corr[i] + sum;
+          m[i] = mx;
+        }
+        for (int i = 0; i < TQ; ++i)
+          for (int x = 0; x < D; ++x) acc[i * D + x] *= corr[i];
+        mm_nn_acc<D>(S, vr, acc);
+      }
+      const int64_t nq = std::min<int64_t>(TQ, s.Q - q0);
+      for (int64_t i = 0; i < nq; ++i) {
+        const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        float* dst = out + ((b * s.Q + q0 + i) * s.H + h) * D;
+        for (int x = 0; x < D; ++x) dst[x] = acc[i * D + x] * inv;
+        lse[(b * s.H + h) * s.Q + q0 + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : -kMasked;
+      }
+    }
+  });
+}
+
+template <int D>
+void backward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const float* k, const float* v, const bool* allowed, const float* bias,
+              float scale, const float* out, const float* lse, const float* dout, float* dq, float* dk, float* dv, float* dbias) {
+  const int64_t tiles_q = (s.Q + TQ - 1) / TQ, tiles_k = (s.K + TK - 1) / TK;
+  const int64_t Kp = tiles_k * TK;
+  parallel_for(pool, s.B * s.G, [&](int64_t task) {
+    thread_local std::vector<float> buf;
+    float* qt = scratch(buf, TQ * D * 4 + TQ * TK * 2 + TQ * 2 + TK * D * 4 + Kp * D * 2 + TQ * TK / 4);
+    float* qr = qt + TQ * D;
+    float* dot = qr + TQ * D;
+    float* dqa = dot + TQ * D;
+    float* S = dqa + TQ * D;
+    float* dP = S + TQ * TK;
+    float* delta = dP + TQ * TK;
+    float* lrow = delta + TQ;
+    float* kr = lrow + TQ;
+    float* kt = kr + TK * D;
+    float* vr = kt + TK * D;
+    float* vt = vr + TK * D;
+    float* dka = vt + TK * D;
+    float* dva = dka + Kp * D;
+    uint8_t* mask = reinterpret_cast<uint8_t*>(dva + Kp * D);
+    const int64_t b = task / s.G, g = task % s.G;
+    std::fill(dka, dka + Kp * D, 0.0f);
+    std::fill(dva, dva + Kp * D, 0.0f);
+    for (int64_t h = g * s.R; h < (g + 1) * s.R; ++h) {
+      for (int64_t iq = 0; iq < tiles_q; ++iq) {
+        const int64_t q0 = iq * TQ;
+        const int64_t nq = std::min<int64_t>(TQ, s.Q - q0);
+        load_rows<D>(q, b, s.Q, s.H, h, q0, TQ, scale, qt);
+        load_rows<D>(q, b, s.Q, s.H, h, q0, TQ, 1.0f, qr);
+        load_rows<D>(dout, b, s.Q, s.H, h, q0, TQ, 1.0f, dot);
+        std::fill(dqa, dqa + TQ * D, 0.0f);
+        std::fill(delta, delta + TQ, 0.0f);
+        std::fill(lrow, lrow + TQ, -kMasked);
+        for (int64_t i = 0; i < nq; ++i) {
+          const float* o = out + ((b * s.Q + q0 + i) * s.H + h) * D;
+          float acc = 0.0f;
+          for (int x = 0; x < D; ++x) acc += o[x] * dot[i * D + x];
+          delta[i] = acc;
+          lrow[i] = lse[(b * s.H + h) * s.Q + q0 + i];
+        }
+        for (int64_t ik = 0; ik < tiles_k; ++ik) {
+          const int64_t k0 = ik * TK;
+          if (!load_mask(allowed, s, b, q0, k0, mask)) continue;
+          load_rows<D>(k, b, s.K, s.G, g, k0, TK, 1.0f, kr);
+          transpose<D>(kr, kt);
+          load_rows<D>(v, b, s.K, s.G, g, k0, TK, 1.0f, vr);
+          transpose<D>(vr, vt);
+          mm_nt<D>(qt, kt, S);
+          mask_and_bias(s, bias, b, h, q0, k0, mask, S);
+          for (int i = 0; i < TQ; ++i)
+            for (int j = 0; j < TK; ++j) {
+              const float x = S[i * TK + j];
+              S[i * TK + j] = x > 0.5f * kMasked ? exp_neg(x - lrow[i]) : 0.0f;
+            }
+          mm_tn_acc<D>(S, dot, dva + k0 * D);  // dv += P^T dO
+          mm_nt<D>(dot, vt, dP);               // dP = dO V^T
+          for (int i = 0; i < TQ; ++i)
+            for (int j = 0; j < TK; ++j) dP[i * TK + j] = S[i * TK + j] * (dP[i * TK + j] - delta[i]);  // dS
+          if (dbias != nullptr) {
+            const int64_t nk = std::min<int64_t>(TK, s.K - k0);
+            for (int64_t i = 0; i < nq; ++i)
+              std::memcpy(dbias + ((b * s.H + h) * s.Q + q0 + i) * s.K + k0, dP + i * TK, sizeof(float) * nk);
+          }
+          for (int i = 0; i < TQ * TK; ++i) dP[i] *= scale;
+          mm_nn_acc<D>(dP, kr, dqa);           // dq += scale dS K
+          mm_tn_acc<D>(dP, qr, dka + k0 * D);  // dk += scale dS^T Q
+        }
+        for (int64_t i = 0; i < nq; ++i) std::memcpy(dq + ((b * s.Q + q0 + i) * s.H + h) * D, dqa + i * D, sizeof(float) * D);
+      }
+    }
+    for (int64_t j = 0; j < s.K; ++j) {
+      std::memcpy(dk + ((b * s.K + j) * s.G + g) * D, dka + j * D, sizeof(float) * D);
+      std::memcpy(dv + ((b * s.K + j) * s.G + g) * D, dva + j * D, sizeof(float) * D);
+    }
+  });
+}
+
+ffi::Error shapes_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k, ffi::Buffer<ffi::PRED>& allowed, ffi::Buffer<ffi::F32>& bias, bool has_bias, Shapes* s) {
+  auto qd = q.dimensions(), kd = k.dimensions(), md = allowed.dimensions(), bd = bias.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || md.size() != 3 || bd.size() != 4) return ffi::Error::InvalidArgument("attention: expected q, k [B, L, heads, D], mask [B, Q, K], bias [B, H, Q, K]");
+  *s = Shapes{qd[0], qd[1], qd[2], kd[1], kd[2], qd[3], qd[2] / kd[2], 0, 0, 0, has_bias};
+  if (kd[0] != s->B || kd[3] != s->D || s->H % s->G != 0) return ffi::Error::InvalidArgument("attention: q and k do not match");
+  if (md[0] != s->B || md[1] != s->Q || md[2] != s->K) return ffi::Error::InvalidArgument("attention: the mask is not [B, Q, K]");
+  if (has_bias) {
+    if (bd[3] != s->K || (bd[0] != 1 && bd[0] != s->B) || (bd[1] != 1 && bd[1] != s->H) || (bd[2] != 1 && bd[2] != s->Q))
+      return ffi::Error::InvalidArgument("attention: the bias is not [B or 1, H or 1, Q or 1, K]");
+    s->bias_q = bd[2] == 1 ? 0 : s->K;
+    s->bias_h = bd[1] == 1 ? 0 : bd[2] * s->K;
+    s->bias_b = bd[0] == 1 ? 0 : bd[1] * bd[2] * s->K;
+  }
+  return ffi::Error::Success();
+}
+
+#define DISPATCH_D(D_, CALL)                                                   \
+  switch (D_) {                                                                \
+    case 16: { constexpr int Dc = 16; CALL; break; }                           \
+    case 32: { constexpr int Dc = 32; CALL; break; }                           \
+    case 64: { constexpr int Dc = 64; CALL; break; }                           \
+    case 128: { constexpr int Dc = 128; CALL; break; }                         \
+    default: return ffi::Error::InvalidArgument("attention: head width must be 16, 32, 64 or 128"); \
+  }
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> allowed, ffi::Buffer<ffi::F32> bias,
+                   float scale, bool has_bias, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  Shapes s;
+  if (auto e = shapes_of(q, k, allowed, bias, has_bias, &s); e.failure()) return e;
+  DISPATCH_D(s.D, (forward<Dc>(pool, s, q.typed_data(), k.typed_data(), v.typed_data(), allowed.typed_data(), bias.typed_data(), scale, out->typed_data(), lse->typed_data())));
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> allowed, ffi::Buffer<ffi::F32> bias,
+                    ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, float scale, bool has_bias, bool bias_grad,
+                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv, ffi::ResultBuffer<ffi::F32> dbias) {
+  Shapes s;
+  if (auto e = shapes_of(q, k, allowed, bias, has_bias, &s); e.failure()) return e;
+  float* db = bias_grad ? dbias->typed_data() : nullptr;
+  if (db != nullptr) std::memset(db, 0, sizeof(float) * s.B * s.H * s.Q * s.K);  // skipped tiles: no gradient
+  DISPATCH_D(s.D, (backward<Dc>(pool, s, q.typed_data(), k.typed_data(), v.typed_data(), allowed.typed_data(), bias.typed_data(), scale, out.typed_data(),
+                                lse.typed_data(), dout.typed_data(), dq->typed_data(), dk->typed_data(), dv->typed_data(), db)));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArchzooAttentionForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<bool>("has_bias")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ArchzooAttentionBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<bool>("has_bias")
+                                  .Attr<bool>("bias_grad")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
