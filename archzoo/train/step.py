@@ -85,8 +85,11 @@ def make_train_step(graphdef, cfg: OptimizerConfig, *, layout: Layout | None = N
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         micro_batches = jax.tree.leaves(batch)[0].shape[0]
-        (grads, loss_sum, tokens), per_micro = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (batch, jnp.arange(micro_batches)))
-        reported = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)
+        if micro_batches == 1:  # no loop: XLA schedules and fuses the gradients with the update across it
+            (grads, loss_sum, tokens), reported = accumulate((zeros, 0.0, 0.0), (jax.tree.map(lambda a: a[0], batch), 0))
+        else:
+            (grads, loss_sum, tokens), per_micro = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (batch, jnp.arange(micro_batches)))
+            reported = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)
         denom = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.tree.norm(grads)
