@@ -19,7 +19,7 @@ from archzoo.train.flops import feed_forward_params, train_flops
 from archzoo.train.optimizer import OptimizerConfig
 from archzoo.train.step import make_train_step, split_model
 
-__all__ = ["matmul_peak_flops", "bench_train", "bench_against_torch", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "DEFAULT_MODEL"]
+__all__ = ["matmul_peak_flops", "bench_train", "bench_against_torch", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "bench_attention", "DEFAULT_MODEL"]
 
 # GPT-2-style: vocab 256, d_model 256, 4 layers, 4 heads, context 256 (batch 16, float32, AdamW).
 DEFAULT_MODEL = dict(
@@ -240,3 +240,26 @@ def bench_moe_layer(cfg, *, batch: int, length: int, steps: int, peak: float | N
     first, step_s = _time(grad, params, x, steps=steps)
     flops = 3 * 2 * batch * length * feed_forward_params(cfg, "decoder", 0)
     return {"step_s": step_s, "first_step_s": first, "tokens_per_s": batch * length / step_s, "mfu": flops / step_s / peak if peak else float("nan")}
+
+
+def bench_attention(*, batch: int = 16, length: int = 256, heads: int = 4, head_dim: int = 64, steps: int = 10) -> list[dict]:
+    """Forward and backward of the attention core alone (no projections) under a causal and a
+    prefix mask (half of each row), on each CPU backend: ``[{"mask", "backend", "forward_s",
+    "step_s"}]`` (medians of ``steps`` calls after a compiling one)."""
+    from archzoo import masks
+    from archzoo.layers.kernels import BACKENDS
+
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((batch, length, heads, head_dim)), jnp.float32) for _ in range(3))
+    prefix = np.broadcast_to(np.arange(length) < length // 2, (batch, length))
+    facts = {"causal": masks.facts(shape=(batch, length)), "prefix": masks.facts(shape=(batch, length), is_input=prefix)}
+    rows = []
+    for name, make in (("causal", masks.causal), ("prefix", masks.prefix)):
+        for backend in ("xla", "cpu"):
+            def loss(q, k, v, backend=backend, mask=make(facts[name])):
+                return jnp.sum(BACKENDS[backend](q, k, v, mask, None, head_dim**-0.5) ** 2)
+
+            _, forward = _time(jax.jit(loss), q, k, v, steps=steps)
+            _, step = _time(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), q, k, v, steps=steps)
+            rows.append({"mask": name, "backend": backend, "forward_s": forward, "step_s": step})
+    return rows

@@ -348,6 +348,22 @@ def _bench_against_torch(args, variants) -> int:
     return 0
 
 
+def _bench_attention(args) -> int:
+    from archzoo.bench import bench_attention
+    from archzoo.layers import cpu_fused
+
+    if not cpu_fused.available():
+        raise ConfigError("bench attention compares the cpu kernel with xla; the kernel is not available here (see the line above)")
+    print(
+        f"attention core alone: batch {args.batch_size} x length {args.length}, {args.heads} heads of {args.head_dim}, float32; "
+        f"median of {args.steps} calls; prefix: the first half of each row"
+    )
+    print(f"{'mask':<8}{'backend':<9}{'forward (ms)':>14}{'fwd+bwd (ms)':>14}")
+    for r in bench_attention(batch=args.batch_size, length=args.length, heads=args.heads, head_dim=args.head_dim, steps=args.steps):
+        print(f"{r['mask']:<8}{r['backend']:<9}{r['forward_s'] * 1e3:>14.1f}{r['step_s'] * 1e3:>14.1f}", flush=True)
+    return 0
+
+
 def _bench_moe(args) -> int:
     from archzoo.bench import DEFAULT_MODEL, bench_moe_layer, bench_train, matmul_peak_flops, moe_variants
     from archzoo.models import load_model_config
@@ -507,6 +523,14 @@ def main(argv: list[str] | None = None) -> int:
     bm.add_argument("--steps", type=int, default=10)
     bm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     bm.set_defaults(func=_bench_moe)
+
+    ba = bsub.add_parser("attention", help="the attention core's forward and backward on the cpu kernel and on xla")
+    ba.add_argument("--batch-size", type=int, default=16)
+    ba.add_argument("--length", type=int, default=256)
+    ba.add_argument("--heads", type=int, default=4)
+    ba.add_argument("--head-dim", type=int, default=64)
+    ba.add_argument("--steps", type=int, default=10)
+    ba.set_defaults(func=_bench_attention)
 
     c = sub.add_parser("convert", help="read a Hugging Face folder (config.json + safetensors)")
     c.add_argument("source", help="folder written by save_pretrained")
