@@ -26,14 +26,13 @@ MESHES = {"data8": {"data": 8}, "fsdp4_tensor2": {"fsdp": 4, "tensor": 2}, "data
 # The rules stated again by hand: which mesh axes split a parameter dimension of each logical name.
 PARAM_AXES = {"embed": ("fsdp",), "mlp": ("tensor",), "heads": ("tensor",), "kv_heads": ("tensor",), "vocab": ("tensor",), "expert": ("expert",)}
 
-# Every family and an MoE model. The MoE model, the encoder-decoder and the encoder take all three
-# meshes; the decoder the data and fsdp x tensor ones (on a dense model an expert axis only splits
-# rows, as data does: the encoder-decoder and the encoder check that too).
+# Every family and an MoE model. The MoE model takes all three meshes; the dense families the data
+# and fsdp x tensor ones (on a dense model an expert axis only splits rows, as data does).
 MODELS = {
     "prefix_decoder": ({**TINY, "family": "decoder", "mask": "prefix"}, ("data8", "fsdp4_tensor2")),
     # scanned stacks: the layers axis is replicated by the default rules, the rest split as unrolled
-    "encoder_decoder": ({**TINY, "family": "encoder_decoder", "num_encoder_layers": 1, "scan_layers": True}, tuple(MESHES)),
-    "encoder": ({**TINY, "family": "encoder"}, tuple(MESHES)),
+    "encoder_decoder": ({**TINY, "family": "encoder_decoder", "num_encoder_layers": 1, "scan_layers": True}, ("data8", "fsdp4_tensor2")),
+    "encoder": ({**TINY, "family": "encoder"}, ("data8", "fsdp4_tensor2")),
     "moe_decoder": ({**TINY, "family": "decoder", "moe": {"num_experts": 4, "top_k": 2}}, tuple(MESHES)),
 }
 
