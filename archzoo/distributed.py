@@ -191,12 +191,11 @@ def exchange(tag: str, value, timeout_s: int = 600) -> list:
     _exchanges[0] += 1
     client.key_value_set(f"archzoo/{seq}/{me}", json.dumps(value))
     deadline = time.monotonic() + timeout_s
-    values = []
-    for i in range(n):
-        while i != me:
+
+    def read(i: int):
+        while True:
             try:
-                values.append(json.loads(client.blocking_key_value_get(f"archzoo/{seq}/{i}", 1000)))
-                break
+                answer = client.blocking_key_value_get(f"archzoo/{seq}/{i}", 1000)
             except Exception as e:  # not yet (a deadline of its own), or the coordinator is gone
                 try:
                     failed = _failures(client)
@@ -207,8 +206,10 @@ def exchange(tag: str, value, timeout_s: int = 600) -> list:
                     raise DistributedError(f"process {me} stops at {tag}: process {who} failed: {why}") from None
                 if time.monotonic() >= deadline:
                     raise DistributedError(f"process {me}: no answer from process {i} at {tag} within {timeout_s} s ({e})") from None
-        if i == me:
-            values.append(value)
+                continue
+            return json.loads(answer)
+
+    values = [value if i == me else read(i) for i in range(n)]
     if seq >= 2:  # every process has read exchange seq - 2 before posting seq - 1, which this one has read
         client.key_value_delete(f"archzoo/{seq - 2}/{me}")
     return values

@@ -297,7 +297,7 @@ _ACTIVE: contextvars.ContextVar[Layout | None] = contextvars.ContextVar("archzoo
 
 
 def active_layout() -> Layout | None:
-    """The :class:`Layout` entered (``with layout:``) around this trace, or None."""
+    """The :class:`Layout` active (``with layout.active():``) around this trace, or None."""
     return _ACTIVE.get()
 
 

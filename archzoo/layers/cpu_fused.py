@@ -87,19 +87,19 @@ def _load() -> str | None:
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), cxx, " ".join(flags), jax.__version__, _cpu_features()]).encode()
     ).hexdigest()[:16]
-    library = None
+    unwritable = None
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "archzoo-kernels"):  # a read-only home: the temp dir
         library = folder / f"cpu_attention-{key}.so"
         try:
             why = None if library.exists() else _compile(cxx, flags, library)
         except OSError as e:
-            why = f"cannot write the kernel cache {folder}: {e.strerror or e}"
-        if why is None:
-            break
-        if not why.startswith("cannot write"):
+            unwritable = f"cannot write the kernel cache {folder}: {e.strerror or e}"
+            continue
+        if why is not None:
             return why
+        break
     else:
-        return why
+        return unwritable
     try:
         lib = ctypes.cdll.LoadLibrary(str(library))
         jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.ArchzooAttentionForward), platform="cpu")

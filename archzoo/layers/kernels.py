@@ -38,8 +38,6 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-import math
-
 from archzoo.layers import cpu_fused, cudnn, splash
 from archzoo.masks import Mask
 from archzoo.sharding import active_layout
@@ -229,7 +227,7 @@ def cpu_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
 def _one_device() -> bool:
     """No mesh of several devices is active (a custom call would be replicated over it)."""
     layout = active_layout()
-    return layout is None or math.prod(layout.mesh.shape.values()) == 1
+    return layout is None or layout.mesh.size == 1
 
 
 def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
@@ -273,8 +271,8 @@ def auto_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     built, the inputs fit it and no mesh of several devices is active; ``xla`` otherwise.
     A logit bias (ALiBi, T5) keeps to ``xla`` on GPU too: cuDNN's bias gradient is unverified."""
     platform = jax.default_backend()
-    if platform == "cpu" and _one_device() and cpu_fused.supports(q_BQHD, k_BKGD, bias_BHQK) and cpu_fused.available():
-        return cpu_fused.attend(q_BQHD, k_BKGD, v_BKGD, mask.allowed(), bias_BHQK, scale)
+    if platform == "cpu" and _one_device():
+        return cpu_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
     if platform == "gpu" and cudnn.supports(q_BQHD) and bias_BHQK is None:
         translated = cudnn.translate(mask)
         if translated is not None and translated.holds is True:
