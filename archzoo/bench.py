@@ -47,9 +47,12 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
 
 
 def _synthetic_batch(cfg, batch: int, length: int, prefix: bool) -> dict:
-    """Full rows of random tokens (one example per row), in the packed-batch layout, ``[1, B, L]``."""
+    """Full rows of random tokens (one example per row), in the packed-batch layout, ``[1, B, L]``;
+    each target is the token after its input (a target equal to its input is a copy task that a
+    tied embedding solves at once, driving the gradients into denormal floats)."""
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, cfg.vocab_size, (batch, length), dtype=np.int32)
+    stream = rng.integers(0, cfg.vocab_size, (batch, length + 1), dtype=np.int32)
+    tokens, targets = stream[:, :-1], stream[:, 1:]
     ones = np.ones((batch, length), np.int32)
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy()
     is_input = np.zeros((batch, length), bool)
@@ -61,7 +64,7 @@ def _synthetic_batch(cfg, batch: int, length: int, prefix: bool) -> dict:
         s = spec.name
         out.update({f"{s}_tokens": tokens, f"{s}_segment_ids": ones, f"{s}_positions": positions, f"{s}_is_input": is_input if s == "decoder" else ~is_input})
     loss = cfg.loss_stream
-    out.update({f"{loss}_targets": tokens, f"{loss}_weights": weights})
+    out.update({f"{loss}_targets": targets, f"{loss}_weights": weights})
     return {k: v[None] for k, v in out.items()}
 
 
@@ -137,8 +140,8 @@ def _torch_reference():
 
 def bench_against_torch(variants, *, batch: int = 16, length: int = 256, steps: int = 5, rounds: int = 5) -> dict:
     """Times archzoo's training step of each variant and the plain PyTorch step of the same
-    causal decoder (``benchmarks/torch_gpt.py``, mirroring the first variant) in one process,
-    interleaved: each round times ``steps`` steps of every archzoo variant, then of the
+    causal decoder (``benchmarks/torch_gpt.py``, mirroring the first variant and starting from
+    its weights) on the same batch in one process, interleaved: each round times ``steps`` steps of every archzoo variant, then of the
     reference, so drifts of a shared machine reach both alike.
 
     Args:
@@ -152,7 +155,9 @@ def bench_against_torch(variants, *, batch: int = 16, length: int = 256, steps: 
     ref = _torch_reference()
     base = variants[0][1]
     opt = OptimizerConfig(lr=1e-3)
-    model = ref.from_archzoo(base)
+    from archzoo.convert import get_params
+
+    model = ref.from_archzoo(base, get_params(build(base, seed=0)))  # the weights _training_step starts from
     torch_step = ref.TorchStep(model, lr=opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, clip_norm=opt.clip_norm)
     data = _synthetic_batch(base, batch, length, prefix=False)
     tokens = torch.from_numpy(data["decoder_tokens"][0].astype(np.int64))

@@ -6,7 +6,8 @@ pre-LayerNorm blocks of fused-qkv causal self-attention
 (``torch.nn.functional.scaled_dot_product_attention`` with ``is_causal``) and a tanh-GELU MLP,
 a final LayerNorm and an output head tied to the token embedding. The step is eager: forward,
 mean cross-entropy, backward, gradient clipping and AdamW (decay on matrices only, as archzoo's
-optimizer). :func:`from_archzoo` mirrors an archzoo config and copies an archzoo model's
+optimizer), with denormal floats flushed to zero as XLA's CPU runtime does (where torch's are
+kept, a step whose gradients underflow runs many times slower). :func:`from_archzoo` mirrors an archzoo config and copies an archzoo model's
 weights, so the two steps compute the same numbers (``tests/test_torch_reference.py``).
 """
 
@@ -144,10 +145,14 @@ class TorchStep:
         self.clip_norm = clip_norm
 
     def __call__(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.model(tokens, targets)
-        loss.backward()
-        if self.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm, foreach=True)
-        self.optimizer.step()
+        torch.set_flush_denormal(True)
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.model(tokens, targets)
+            loss.backward()
+            if self.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm, foreach=True)
+            self.optimizer.step()
+        finally:
+            torch.set_flush_denormal(False)
         return loss.detach()

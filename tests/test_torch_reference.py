@@ -38,10 +38,19 @@ def test_one_step_of_the_reference_equals_one_archzoo_step():
     assert loss == pytest.approx(float(metrics["loss_nats"]), rel=1e-5)
     stepped = from_archzoo(cfg, get_params(nnx.merge(graphdef, new_params, rest))).state_dict()
     before = from_archzoo(cfg, weights).state_dict()
+    # A first AdamW update is lr * g / (|g| + eps): +-lr for a gradient well above eps, but set by
+    # float32 rounding for one within a few eps of zero (a sum that cancels, such as the head's
+    # gradient of a token in no input and no target, a key bias's gradient, zero in exact
+    # arithmetic), where the two may differ by up to lr.
+    grads = {name: p.grad.numpy() for name, p in ref.named_parameters()}  # clipped, as AdamW saw them
+    conditioned = {name: np.abs(g) > 100 * opt.eps for name, g in grads.items()}
+    assert sum(c.sum() for c in conditioned.values()) > 0.9 * sum(c.size for c in conditioned.values())  # the tight check covers most weights
     for name, value in ref.state_dict().items():
         moved = np.abs(stepped[name].numpy() - before[name].numpy()).max()
         assert moved > 1e-4, name  # every weight moved: the comparison below is not vacuous
-        np.testing.assert_allclose(value.numpy(), stepped[name].numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+        well = conditioned[name]
+        np.testing.assert_allclose(value.numpy()[well], stepped[name].numpy()[well], rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(value.numpy(), stepped[name].numpy(), atol=opt.lr, err_msg=name)
 
 
 def test_the_reference_refuses_a_config_it_does_not_mirror():
