@@ -30,7 +30,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int TQ = 32;
-constexpr int TK = 64;
+constexpr int TK = 64;  // a multiple of 16 (row_max, row_sum, exp_row)
 constexpr float kMasked = -1e30f;
 
 // exp(x) for x <= 0 down to -87 (below: 0), within 2e-7 relative, written so loops vectorize.
@@ -48,6 +48,27 @@ inline float exp_neg(float x) {
   p = p * f + 1.0f;
   int32_t e = (static_cast<int32_t>(fi) + 127) << 23;
   return p * std::bit_cast<float>(e);
+}
+
+// max(init, x[0..TK)) and sum(x[0..TK)) over 16 lanes, so the loops vectorize without reassociating
+// flags (a float reduction in one accumulator stays scalar).
+inline float row_max(const float* x, float init) {
+  float lane[16];
+  std::fill(lane, lane + 16, init);
+  for (int j = 0; j < TK; j += 16)
+    for (int x16 = 0; x16 < 16; ++x16) lane[x16] = std::max(lane[x16], x[j + x16]);
+  float m = lane[0];
+  for (int x16 = 1; x16 < 16; ++x16) m = std::max(m, lane[x16]);
+  return m;
+}
+
+inline float row_sum(const float* x) {
+  float lane[16] = {};
+  for (int j = 0; j < TK; j += 16)
+    for (int x16 = 0; x16 < 16; ++x16) lane[x16] += x[j + x16];
+  float sum = 0.0f;
+  for (int x16 = 0; x16 < 16; ++x16) sum += lane[x16];
+  return sum;
 }
 
 struct Shapes {
@@ -92,33 +113,79 @@ inline float* scratch(std::vector<float>& v, size_t n) {
   return v.data();
 }
 
+// Vectors of VL floats (GCC/Clang vector extensions): a 512-bit register where the CPU has
+// AVX-512, else 256 bits. RB rows of C by CB vectors stay in registers through a product.
+#if defined(__AVX512F__)
+constexpr int VL = 16, RB = 4;
+#else
+constexpr int VL = 8, RB = 2;
+#endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+
+inline vf vload(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+// x[j] = x[j] > kMasked / 2 ? exp(x[j] - sub) : 0 for j < TK, with exp_neg's polynomial on whole
+// vectors (floor by truncation and a correction, the exponent by shifting into the bits).
+inline void exp_row(float* x, float sub) {
+  for (int j = 0; j < TK; j += VL) {
+    const vf raw = vload(x + j);
+    vf y = raw - sub;
+    y = y < -87.0f ? vf{} - 87.0f : y;
+    const vf t = y * 1.4426950408889634f;
+    vi ti = __builtin_convertvector(t, vi);           // toward zero: the ceiling for t < 0
+    ti += (__builtin_convertvector(ti, vf) > t);      // true is -1: down to the floor
+    const vf f = t - __builtin_convertvector(ti, vf);
+    vf p = f * 1.535336188319500e-4f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    vf scale;
+    const vi bits = (ti + 127) << 23;
+    std::memcpy(&scale, &bits, sizeof scale);
+    vstore(x + j, raw > 0.5f * kMasked ? p * scale : vf{});
+  }
+}
+
 // C[c][:W] += sum_t P[c * CS + t * TS] * rows[t][:W] for c < NC, t < NT: the product of P (or
-// its transpose) with a tile of rows of width W, four rows of C at a time. Every matmul of the
-// kernel is one of these, vectorised along W.
-template <int D, int NC, int NT, int CS, int TS>
+// its transpose) with a tile of rows of width W, in register blocks of RB rows of C by up to 4
+// vectors. Every matmul of the kernel is one of these.
+template <int W, int NC, int NT, int CS, int TS>
 inline void mm_acc(const float* __restrict P, const float* __restrict rows, float* __restrict C) {
-  for (int c = 0; c < NC; c += 4) {
-    float c0[D], c1[D], c2[D], c3[D];
-    std::memcpy(c0, C + (c + 0) * D, sizeof c0);
-    std::memcpy(c1, C + (c + 1) * D, sizeof c1);
-    std::memcpy(c2, C + (c + 2) * D, sizeof c2);
-    std::memcpy(c3, C + (c + 3) * D, sizeof c3);
-    for (int t = 0; t < NT; ++t) {
-      const float* p = P + c * CS + t * TS;
-      const float p0 = p[0], p1 = p[CS], p2 = p[2 * CS], p3 = p[3 * CS];
-      const float* r = rows + t * D;
-#pragma GCC ivdep
-      for (int x = 0; x < D; ++x) {
-        c0[x] += p0 * r[x];
-        c1[x] += p1 * r[x];
-        c2[x] += p2 * r[x];
-        c3[x] += p3 * r[x];
+  constexpr int NV = W / VL, CB = NV < 4 ? NV : 4;
+  static_assert(W % VL == 0 && NV % CB == 0 && NC % RB == 0, "tile shapes");
+  for (int c = 0; c < NC; c += RB) {
+    for (int v0 = 0; v0 < NV; v0 += CB) {
+      vf acc[RB][CB];
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+        for (int j = 0; j < CB; ++j) acc[r][j] = vload(C + (c + r) * W + (v0 + j) * VL);
+      for (int t = 0; t < NT; ++t) {
+        vf x[CB];
+#pragma GCC unroll 4
+        for (int j = 0; j < CB; ++j) x[j] = vload(rows + t * W + (v0 + j) * VL);
+#pragma GCC unroll 16
+        for (int r = 0; r < RB; ++r) {
+          const float p = P[(c + r) * CS + t * TS];
+#pragma GCC unroll 4
+          for (int j = 0; j < CB; ++j) acc[r][j] += p * x[j];
+        }
       }
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+        for (int j = 0; j < CB; ++j) vstore(C + (c + r) * W + (v0 + j) * VL, acc[r][j]);
     }
-    std::memcpy(C + (c + 0) * D, c0, sizeof c0);
-    std::memcpy(C + (c + 1) * D, c1, sizeof c1);
-    std::memcpy(C + (c + 2) * D, c2, sizeof c2);
-    std::memcpy(C + (c + 3) * D, c3, sizeof c3);
   }
 }
 
@@ -159,23 +226,27 @@ inline void transpose(const float* rows, float* cols) {
     for (int d = 0; d < D; ++d) cols[d * TK + j] = rows[j * D + d];
 }
 
-// allowed[b, q0:q0+TQ, k0:k0+TK] as 0/1 (0 outside the arrays); whether any is 1.
-inline bool load_mask(const bool* allowed, const Shapes& s, int64_t b, int64_t q0, int64_t k0, uint8_t* tile) {
-  std::memset(tile, 0, TQ * TK);
+// The tile allowed[b, q0:q0+TQ, k0:k0+TK]: 0 when no pair is allowed, 2 when every pair is (the
+// tile lies inside the arrays), else 1.
+enum Tile { kEmpty = 0, kPartial = 1, kFull = 2 };
+
+inline Tile classify(const bool* allowed, const Shapes& s, int64_t b, int64_t q0, int64_t k0) {
   const int64_t nq = std::min<int64_t>(TQ, s.Q - q0), nk = std::min<int64_t>(TK, s.K - k0);
-  uint8_t any = 0;
+  uint8_t any = 0, all = 1;
   for (int64_t i = 0; i < nq; ++i) {
-    const bool* row = allowed + (b * s.Q + q0 + i) * s.K + k0;
+    const uint8_t* row = reinterpret_cast<const uint8_t*>(allowed + (b * s.Q + q0 + i) * s.K + k0);
     for (int64_t j = 0; j < nk; ++j) {
-      tile[i * TK + j] = row[j];
-      any |= static_cast<uint8_t>(row[j]);
+      any |= row[j];
+      all &= row[j];
     }
   }
-  return any != 0;
+  if (!any) return kEmpty;
+  return all && nq == TQ && nk == TK ? kFull : kPartial;
 }
 
-// S = masked (scores + bias): kMasked where the mask is 0.
-inline void mask_and_bias(const Shapes& s, const float* bias, int64_t b, int64_t h, int64_t q0, int64_t k0, const uint8_t* mask, float* S) {
+// S += bias; then, unless the tile is full, S = kMasked at every pair the mask leaves out (and
+// outside the arrays).
+inline void mask_and_bias(const Shapes& s, const bool* allowed, const float* bias, int64_t b, int64_t h, int64_t q0, int64_t k0, Tile tile, float* S) {
   const int64_t nq = std::min<int64_t>(TQ, s.Q - q0), nk = std::min<int64_t>(TK, s.K - k0);
   if (s.has_bias) {
     for (int64_t i = 0; i < nq; ++i) {
@@ -183,26 +254,48 @@ inline void mask_and_bias(const Shapes& s, const float* bias, int64_t b, int64_t
       for (int64_t j = 0; j < nk; ++j) S[i * TK + j] += row[j];
     }
   }
-  for (int i = 0; i < TQ * TK; ++i) S[i] = mask[i] ? S[i] : kMasked;
+  if (tile == kFull) return;
+  for (int64_t i = 0; i < TQ; ++i) {
+    float* out = S + i * TK;
+    if (i >= nq) {
+      std::fill(out, out + TK, kMasked);
+      continue;
+    }
+    const uint8_t* row = reinterpret_cast<const uint8_t*>(allowed + (b * s.Q + q0 + i) * s.K + k0);
+    for (int64_t j = 0; j < nk; ++j) out[j] = row[j] ? out[j] : kMasked;
+    for (int64_t j = nk; j < TK; ++j) out[j] = kMasked;
+  }
+}
+
+// Keys or values of (b, g) as zero-padded rows [Kp][D] and, when `cols` is given, each tile of
+// TK rows transposed, [tiles][D][TK]: loaded once per task, read by every query tile.
+template <int D>
+inline void load_keys(const float* x, const Shapes& s, int64_t b, int64_t g, int64_t tiles_k, float* rows, float* cols) {
+  for (int64_t t = 0; t < tiles_k; ++t) {
+    load_rows<D>(x, b, s.K, s.G, g, t * TK, TK, 1.0f, rows + t * TK * D);
+    if (cols != nullptr) transpose<D>(rows + t * TK * D, cols + t * TK * D);
+  }
 }
 
 template <int D>
 void forward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const float* k, const float* v, const bool* allowed, const float* bias, float scale,
              float* out, float* lse) {
   const int64_t tiles_q = (s.Q + TQ - 1) / TQ, tiles_k = (s.K + TK - 1) / TK;
+  const int64_t Kp = tiles_k * TK;
   parallel_for(pool, s.B * s.H, [&](int64_t task) {
     thread_local std::vector<float> buf;
-    float* qt = scratch(buf, TQ * D * 2 + TK * D * 3 + TQ * TK + TQ * 3 + TQ * TK / 4);
+    float* qt = scratch(buf, TQ * D * 2 + Kp * D * 3 + TQ * TK + TQ * 3);
     float* acc = qt + TQ * D;
     float* kr = acc + TQ * D;
-    float* kt = kr + TK * D;
-    float* vr = kt + TK * D;
-    float* S = vr + TK * D;
+    float* kt = kr + Kp * D;
+    float* vr = kt + Kp * D;
+    float* S = vr + Kp * D;
     float* m = S + TQ * TK;
     float* l = m + TQ;
     float* corr = l + TQ;
-    uint8_t* mask = reinterpret_cast<uint8_t*>(corr + TQ);
     const int64_t b = task / s.H, h = task % s.H, g = h / s.R;
+    load_keys<D>(k, s, b, g, tiles_k, kr, kt);
+    load_keys<D>(v, s, b, g, tiles_k, vr, nullptr);
     for (int64_t iq = 0; iq < tiles_q; ++iq) {
       const int64_t q0 = iq * TQ;
       load_rows<D>(q, b, s.Q, s.H, h, q0, TQ, scale, qt);
@@ -211,29 +304,21 @@ void forward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const float
       std::fill(l, l + TQ, 0.0f);
       for (int64_t ik = 0; ik < tiles_k; ++ik) {
         const int64_t k0 = ik * TK;
-        if (!load_mask(allowed, s, b, q0, k0, mask)) continue;
-        load_rows<D>(k, b, s.K, s.G, g, k0, TK, 1.0f, kr);
-        transpose<D>(kr, kt);
-        load_rows<D>(v, b, s.K, s.G, g, k0, TK, 1.0f, vr);
-        mm_nt<D>(qt, kt, S);
-        mask_and_bias(s, bias, b, h, q0, k0, mask, S);
+        const Tile tile = classify(allowed, s, b, q0, k0);
+        if (tile == kEmpty) continue;
+        mm_nt<D>(qt, kt + k0 * D, S);
+        mask_and_bias(s, allowed, bias, b, h, q0, k0, tile, S);
         for (int i = 0; i < TQ; ++i) {
           float* row = S + i * TK;
-          float mx = m[i];
-          for (int j = 0; j < TK; ++j) mx = std::max(mx, row[j]);
-          float sum = 0.0f;
-          for (int j = 0; j < TK; ++j) {
-            const float p = row[j] > 0.5f * kMasked ? exp_neg(row[j] - mx) : 0.0f;
-            row[j] = p;
-            sum += p;
-          }
+          const float mx = row_max(row, m[i]);
+          exp_row(row, mx);
           corr[i] = exp_neg(m[i] - mx);
-          l[i] = l[i] * corr[i] + sum;
+          l[i] = l[i] * corr[i] + row_sum(row);
           m[i] = mx;
         }
         for (int i = 0; i < TQ; ++i)
           for (int x = 0; x < D; ++x) acc[i * D + x] *= corr[i];
-        mm_nn_acc<D>(S, vr, acc);
+        mm_nn_acc<D>(S, vr + k0 * D, acc);
       }
       const int64_t nq = std::min<int64_t>(TQ, s.Q - q0);
       for (int64_t i = 0; i < nq; ++i) {
@@ -253,7 +338,7 @@ void backward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const floa
   const int64_t Kp = tiles_k * TK;
   parallel_for(pool, s.B * s.G, [&](int64_t task) {
     thread_local std::vector<float> buf;
-    float* qt = scratch(buf, TQ * D * 4 + TQ * TK * 2 + TQ * 2 + TK * D * 4 + Kp * D * 2 + TQ * TK / 4);
+    float* qt = scratch(buf, TQ * D * 4 + TQ * TK * 2 + TQ * 2 + Kp * D * 6);
     float* qr = qt + TQ * D;
     float* dot = qr + TQ * D;
     float* dqa = dot + TQ * D;
@@ -262,13 +347,14 @@ void backward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const floa
     float* delta = dP + TQ * TK;
     float* lrow = delta + TQ;
     float* kr = lrow + TQ;
-    float* kt = kr + TK * D;
-    float* vr = kt + TK * D;
-    float* vt = vr + TK * D;
-    float* dka = vt + TK * D;
+    float* kt = kr + Kp * D;
+    float* vr = kt + Kp * D;
+    float* vt = vr + Kp * D;
+    float* dka = vt + Kp * D;
     float* dva = dka + Kp * D;
-    uint8_t* mask = reinterpret_cast<uint8_t*>(dva + Kp * D);
     const int64_t b = task / s.G, g = task % s.G;
+    load_keys<D>(k, s, b, g, tiles_k, kr, kt);
+    load_keys<D>(v, s, b, g, tiles_k, vr, vt);
     std::fill(dka, dka + Kp * D, 0.0f);
     std::fill(dva, dva + Kp * D, 0.0f);
     for (int64_t h = g * s.R; h < (g + 1) * s.R; ++h) {
@@ -290,20 +376,13 @@ void backward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const floa
         }
         for (int64_t ik = 0; ik < tiles_k; ++ik) {
           const int64_t k0 = ik * TK;
-          if (!load_mask(allowed, s, b, q0, k0, mask)) continue;
-          load_rows<D>(k, b, s.K, s.G, g, k0, TK, 1.0f, kr);
-          transpose<D>(kr, kt);
-          load_rows<D>(v, b, s.K, s.G, g, k0, TK, 1.0f, vr);
-          transpose<D>(vr, vt);
-          mm_nt<D>(qt, kt, S);
-          mask_and_bias(s, bias, b, h, q0, k0, mask, S);
-          for (int i = 0; i < TQ; ++i)
-            for (int j = 0; j < TK; ++j) {
-              const float x = S[i * TK + j];
-              S[i * TK + j] = x > 0.5f * kMasked ? exp_neg(x - lrow[i]) : 0.0f;
-            }
+          const Tile tile = classify(allowed, s, b, q0, k0);
+          if (tile == kEmpty) continue;
+          mm_nt<D>(qt, kt + k0 * D, S);
+          mask_and_bias(s, allowed, bias, b, h, q0, k0, tile, S);
+          for (int i = 0; i < TQ; ++i) exp_row(S + i * TK, lrow[i]);
           mm_tn_acc<D>(S, dot, dva + k0 * D);  // dv += P^T dO
-          mm_nt<D>(dot, vt, dP);               // dP = dO V^T
+          mm_nt<D>(dot, vt + k0 * D, dP);      // dP = dO V^T
           for (int i = 0; i < TQ; ++i)
             for (int j = 0; j < TK; ++j) dP[i * TK + j] = S[i * TK + j] * (dP[i * TK + j] - delta[i]);  // dS
           if (dbias != nullptr) {
@@ -312,7 +391,7 @@ void backward(ffi::ThreadPool& pool, const Shapes& s, const float* q, const floa
               std::memcpy(dbias + ((b * s.H + h) * s.Q + q0 + i) * s.K + k0, dP + i * TK, sizeof(float) * nk);
           }
           for (int i = 0; i < TQ * TK; ++i) dP[i] *= scale;
-          mm_nn_acc<D>(dP, kr, dqa);           // dq += scale dS K
+          mm_nn_acc<D>(dP, kr + k0 * D, dqa);  // dq += scale dS K
           mm_tn_acc<D>(dP, qr, dka + k0 * D);  // dk += scale dS^T Q
         }
         for (int64_t i = 0; i < nq; ++i) std::memcpy(dq + ((b * s.Q + q0 + i) * s.H + h) * D, dqa + i * D, sizeof(float) * D);

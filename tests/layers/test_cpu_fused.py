@@ -61,19 +61,19 @@ def mask_of(kind: str, f, fk=None):
     }[kind]()
 
 
-def inputs(G: int, K: int, dtype, seed: int, Q: int = L):
+def inputs(G: int, K: int, dtype, seed: int, Q: int = L, head_dim: int = Dh):
     rng = np.random.default_rng(seed)
-    q = rng.normal(size=(B, Q, H, Dh))
-    k, v = rng.normal(size=(2, B, K, G, Dh))
+    q = rng.normal(size=(B, Q, H, head_dim))
+    k, v = rng.normal(size=(2, B, K, G, head_dim))
     return tuple(jnp.asarray(a, dtype) for a in (q, k, v))
 
 
-def compare(kind: str, G: int, bias: str | None = None, dtype=jnp.float32, seed: int = 0):
+def compare(kind: str, G: int, bias: str | None = None, dtype=jnp.float32, seed: int = 0, head_dim: int = Dh):
     f = packed_facts(L, seed)
     K = 90 if kind == "cross" else L
     fk = packed_facts(K, seed + 1) if kind == "cross" else None
     mask = mask_of(kind, f, fk)
-    q, k, v = inputs(G, K, dtype, seed)
+    q, k, v = inputs(G, K, dtype, seed, head_dim=head_dim)
     kpos = (fk or f).positions
     if bias == "alibi":
         b = alibi_bias(alibi_slopes(H), f.positions, kpos)
@@ -83,10 +83,10 @@ def compare(kind: str, G: int, bias: str | None = None, dtype=jnp.float32, seed:
     else:
         b = None
     real = np.asarray(f.segment_ids != 0)[:, :, None, None]  # padding queries' outputs are unspecified
-    w = jnp.asarray(np.random.default_rng(seed + 2).normal(size=(B, L, H, Dh)) * real, jnp.float32)
+    w = jnp.asarray(np.random.default_rng(seed + 2).normal(size=(B, L, H, head_dim)) * real, jnp.float32)
 
     def loss(attention, q, k, v, b):
-        out = attention(q, k, v, mask, b, Dh**-0.5)
+        out = attention(q, k, v, mask, b, head_dim**-0.5)
         return jnp.sum(out.astype(jnp.float32) * w), out
 
     args = (q, k, v, b)
@@ -105,7 +105,7 @@ def compare(kind: str, G: int, bias: str | None = None, dtype=jnp.float32, seed:
     for name, a, r in pairs:
         scale = max(1.0, float(np.max(np.abs(r))))
         err = float(np.max(np.abs(a - r)))
-        assert err <= rel * scale, f"{kind} G={G} bias={bias} {jnp.dtype(dtype).name}: {name} max |delta| {err:.2e} > {rel:.0e} x {scale:.2f}"
+        assert err <= rel * scale, f"{kind} G={G} Dh={head_dim} bias={bias} {jnp.dtype(dtype).name}: {name} max |delta| {err:.2e} > {rel:.0e} x {scale:.2f}"
     assert np.all(np.asarray(out)[np.asarray(~mask.allowed().any(-1))] == 0)  # a query with no key: 0
 
 
@@ -122,6 +122,11 @@ def test_multi_head_and_multi_query_equal_the_xla_path(G):
 @pytest.mark.parametrize("bias,kind", [("alibi", "causal"), ("t5", "prefix"), ("t5", "cross")])
 def test_alibi_and_t5_biases_and_their_gradient_equal_the_xla_path(bias, kind):
     compare(kind, G=2, bias=bias)
+
+
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
+def test_every_head_width_the_kernel_takes_equals_the_xla_path(head_dim):
+    compare("causal", G=2, head_dim=head_dim)
 
 
 def test_bfloat16_equals_the_xla_path_in_float32():
