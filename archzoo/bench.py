@@ -7,6 +7,7 @@ Benchmarks print figures; tests never check wall-clock time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 
@@ -247,10 +248,11 @@ def bench_moe_layer(cfg, *, batch: int, length: int, steps: int, peak: float | N
     return {"step_s": step_s, "first_step_s": first, "tokens_per_s": batch * length / step_s, "mfu": flops / step_s / peak if peak else float("nan")}
 
 
-def bench_attention(*, batch: int = 16, length: int = 256, heads: int = 4, head_dim: int = 64, steps: int = 10) -> list[dict]:
+def bench_attention(*, batch: int = 16, length: int = 256, heads: int = 4, head_dim: int = 64, steps: int = 10, reference: str | None = None) -> list[dict]:
     """Forward and backward of the attention core alone (no projections) under a causal and a
-    prefix mask (half of each row), on each CPU backend: ``[{"mask", "backend", "forward_s",
-    "step_s"}]`` (medians of ``steps`` calls after a compiling one)."""
+    prefix mask (half of each row), on each CPU backend and, with ``reference="torch"``, in
+    PyTorch's ``scaled_dot_product_attention``: ``[{"mask", "backend", "forward_s", "step_s"}]``
+    (medians of ``steps`` calls after a first one)."""
     from archzoo import masks
     from archzoo.layers.kernels import BACKENDS
 
@@ -267,4 +269,36 @@ def bench_attention(*, batch: int = 16, length: int = 256, heads: int = 4, head_
             _, forward = _time(jax.jit(loss), q, k, v, steps=steps)
             _, step = _time(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), q, k, v, steps=steps)
             rows.append({"mask": name, "backend": backend, "forward_s": forward, "step_s": step})
+        if reference == "torch":
+            rows.append({"mask": name, "backend": "torch", **_torch_attention(q, k, v, name, steps)})
     return rows
+
+
+def _torch_attention(q, k, v, mask: str, steps: int) -> dict:
+    """PyTorch's ``scaled_dot_product_attention`` on the same inputs (``is_causal``; the prefix
+    as a boolean mask), eager: medians of ``steps`` forward and forward-and-backward calls."""
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v = (torch.from_numpy(np.array(a)).transpose(1, 2).contiguous().requires_grad_(True) for a in (q, k, v))  # [B, H, L, Dh]
+    L = q.shape[2]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    kwargs = {"is_causal": True} if mask == "causal" else {"attn_mask": causal | (torch.arange(L) < L // 2)}
+
+    def forward():
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    def both():
+        (forward() ** 2).sum().backward()
+
+    times = {}
+    for key, fn in (("forward_s", forward), ("step_s", both)):
+        with torch.no_grad() if key == "forward_s" else contextlib.nullcontext():
+            fn()
+            runs = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - t0)
+        times[key] = float(np.median(runs))
+    return times

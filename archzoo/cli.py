@@ -359,7 +359,8 @@ def _bench_attention(args) -> int:
         f"median of {args.steps} calls; prefix: the first half of each row"
     )
     print(f"{'mask':<8}{'backend':<9}{'forward (ms)':>14}{'fwd+bwd (ms)':>14}")
-    for r in bench_attention(batch=args.batch_size, length=args.length, heads=args.heads, head_dim=args.head_dim, steps=args.steps):
+    rows = bench_attention(batch=args.batch_size, length=args.length, heads=args.heads, head_dim=args.head_dim, steps=args.steps, reference=args.reference)
+    for r in rows:
         print(f"{r['mask']:<8}{r['backend']:<9}{r['forward_s'] * 1e3:>14.1f}{r['step_s'] * 1e3:>14.1f}", flush=True)
     return 0
 
@@ -530,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     ba.add_argument("--heads", type=int, default=4)
     ba.add_argument("--head-dim", type=int, default=64)
     ba.add_argument("--steps", type=int, default=10)
+    ba.add_argument("--reference", choices=("torch",), help="also time PyTorch's scaled_dot_product_attention on the same inputs")
     ba.set_defaults(func=_bench_attention)
 
     c = sub.add_parser("convert", help="read a Hugging Face folder (config.json + safetensors)")
