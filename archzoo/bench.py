@@ -7,7 +7,6 @@ Benchmarks print figures; tests never check wall-clock time.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 
@@ -31,6 +30,9 @@ DEFAULT_MODEL = dict(
     mlp={"d_ff": 1024, "activation": "gelu_tanh"},
     position={"kind": "learned", "max_len": 256},
 )
+
+
+_SEED = 0  # every benchmarked model's initialisation (the torch reference copies the causal decoder's)
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
@@ -112,7 +114,7 @@ def _training_step(cfg, batch: int, length: int):
     on a synthetic batch, waiting for it, with the state carried from step to step."""
     data = _synthetic_batch(cfg, batch, length, prefix=cfg.bidirectional_prefix)
     data = {k: jnp.asarray(v) for k, v in data.items()}
-    graphdef, params, rest = split_model(build(cfg, seed=0))
+    graphdef, params, rest = split_model(build(cfg, seed=_SEED))
     lr = 1e-3
     step, tx = make_train_step(graphdef, OptimizerConfig(lr=lr))
     state = [params, tx.init(params)]
@@ -142,8 +144,9 @@ def _torch_reference():
 def bench_against_torch(variants, *, batch: int = 16, length: int = 256, steps: int = 5, rounds: int = 5) -> dict:
     """Times archzoo's training step of each variant and the plain PyTorch step of the same
     causal decoder (``benchmarks/torch_gpt.py``, mirroring the first variant and starting from
-    its weights) on the same batch in one process, interleaved: each round times ``steps`` steps of every archzoo variant, then of the
-    reference, so drifts of a shared machine reach both alike.
+    its weights) on the same batch in one process, interleaved: each round times ``steps`` steps
+    of every archzoo variant, then of the reference, so drifts of a shared machine reach both
+    alike.
 
     Args:
       variants: ``[(name, ModelConfig)]``; the first is a GPT-2-style causal decoder.
@@ -158,7 +161,7 @@ def bench_against_torch(variants, *, batch: int = 16, length: int = 256, steps: 
     opt = OptimizerConfig(lr=1e-3)
     from archzoo.convert import get_params
 
-    model = ref.from_archzoo(base, get_params(build(base, seed=0)))  # the weights _training_step starts from
+    model = ref.from_archzoo(base, get_params(build(base, seed=_SEED)))  # the weights _training_step starts from
     torch_step = ref.TorchStep(model, lr=opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, clip_norm=opt.clip_norm)
     data = _synthetic_batch(base, batch, length, prefix=False)
     tokens = torch.from_numpy(data["decoder_tokens"][0].astype(np.int64))
@@ -187,7 +190,8 @@ def compiled_peak_bytes(compiled) -> int:
 
 
 def _time(fn, *args, steps: int) -> tuple[float, float]:
-    """First call (compile + run) and the median of ``steps`` more, in seconds."""
+    """First call (compile + run) and the median of ``steps`` more, in seconds (``fn`` may return
+    JAX arrays, waited for, or anything else)."""
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t0
@@ -286,19 +290,12 @@ def _torch_attention(q, k, v, mask: str, steps: int) -> dict:
     kwargs = {"is_causal": True} if mask == "causal" else {"attn_mask": causal | (torch.arange(L) < L // 2)}
 
     def forward():
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
     def both():
-        (forward() ** 2).sum().backward()
+        (F.scaled_dot_product_attention(q, k, v, **kwargs) ** 2).sum().backward()
 
-    times = {}
-    for key, fn in (("forward_s", forward), ("step_s", both)):
-        with torch.no_grad() if key == "forward_s" else contextlib.nullcontext():
-            fn()
-            runs = []
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                fn()
-                runs.append(time.perf_counter() - t0)
-        times[key] = float(np.median(runs))
-    return times
+    _, forward_s = _time(forward, steps=steps)
+    _, step_s = _time(both, steps=steps)
+    return {"forward_s": forward_s, "step_s": step_s}

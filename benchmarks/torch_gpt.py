@@ -7,8 +7,9 @@ pre-LayerNorm blocks of fused-qkv causal self-attention
 a final LayerNorm and an output head tied to the token embedding. The step is eager: forward,
 mean cross-entropy, backward, gradient clipping and AdamW (decay on matrices only, as archzoo's
 optimizer), with denormal floats flushed to zero as XLA's CPU runtime does (where torch's are
-kept, a step whose gradients underflow runs many times slower). :func:`from_archzoo` mirrors an archzoo config and copies an archzoo model's
-weights, so the two steps compute the same numbers (``tests/test_torch_reference.py``).
+kept, a step whose gradients underflow runs many times slower). :func:`from_archzoo` mirrors an
+archzoo config and copies an archzoo model's weights, so the two steps compute the same numbers
+(``tests/test_torch_reference.py``).
 """
 
 from __future__ import annotations

@@ -33,21 +33,24 @@ constexpr int TQ = 32;
 constexpr int TK = 64;  // a multiple of 16 (row_max, row_sum, exp_row)
 constexpr float kMasked = -1e30f;
 
-// exp(x) for x <= 0 down to -87 (below: 0), within 2e-7 relative, written so loops vectorize.
-inline float exp_neg(float x) {
-  x = std::max(x, -87.0f);
-  float t = x * 1.4426950408889634f;
-  float fi = std::floor(t);
-  float f = t - fi;
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
+// 2^f for f in [0, 1), within 2e-7 relative: one polynomial for a float and for a vector of them.
+template <typename T>
+inline T exp2_fraction(T f) {
+  T p = f * 1.535336188319500e-4f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
   p = p * f + 5.550332471162809e-2f;
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
+  return p * f + 1.0f;
+}
+
+// exp(x) for x <= 0 down to -87 (below: 0), within 2e-7 relative (exp_row: the same on vectors).
+inline float exp_neg(float x) {
+  x = std::max(x, -87.0f);
+  float t = x * 1.4426950408889634f;
+  float fi = std::floor(t);
   int32_t e = (static_cast<int32_t>(fi) + 127) << 23;
-  return p * std::bit_cast<float>(e);
+  return exp2_fraction(t - fi) * std::bit_cast<float>(e);
 }
 
 // max(init, x[0..TK)) and sum(x[0..TK)) over 16 lanes, so the loops vectorize without reassociating
@@ -132,8 +135,8 @@ inline void vstore(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 
-// x[j] = x[j] > kMasked / 2 ? exp(x[j] - sub) : 0 for j < TK, with exp_neg's polynomial on whole
-// vectors (floor by truncation and a correction, the exponent by shifting into the bits).
+// x[j] = x[j] > kMasked / 2 ? exp(x[j] - sub) : 0 for j < TK: exp_neg on whole vectors (floor by
+// truncation and a correction, the exponent by shifting into the bits).
 inline void exp_row(float* x, float sub) {
   for (int j = 0; j < TK; j += VL) {
     const vf raw = vload(x + j);
@@ -142,13 +145,7 @@ inline void exp_row(float* x, float sub) {
     const vf t = y * 1.4426950408889634f;
     vi ti = __builtin_convertvector(t, vi);           // toward zero: the ceiling for t < 0
     ti += (__builtin_convertvector(ti, vf) > t);      // true is -1: down to the floor
-    const vf f = t - __builtin_convertvector(ti, vf);
-    vf p = f * 1.535336188319500e-4f + 1.339887440266574e-3f;
-    p = p * f + 9.618437357674640e-3f;
-    p = p * f + 5.550332471162809e-2f;
-    p = p * f + 2.402264791363012e-1f;
-    p = p * f + 6.931472028550421e-1f;
-    p = p * f + 1.0f;
+    const vf p = exp2_fraction(t - __builtin_convertvector(ti, vf));
     vf scale;
     const vi bits = (ti + 127) << 23;
     std::memcpy(&scale, &bits, sizeof scale);
