@@ -182,3 +182,20 @@ def test_every_parameter_says_its_width_role():
         else:
             assert role == "input", path
     assert set(roles.values()) == {"input", "hidden", "output"}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(7,), (256, 4, 64), (4, 64, 256), (33, 5)])
+def test_flat_normal_initializer_draws_what_the_flax_initializer_draws(shape, dtype):
+    """The normal init draws flat and reshapes, so that same-size weights share one compiled
+    kernel; the values must be those of ``nnx.initializers.normal`` bit for bit, or every model's
+    initialisation (and every figure measured from it) would change."""
+    import jax
+
+    from archzoo.layers.params import normal
+
+    key = jax.random.key(11)
+    ours = np.asarray(normal(0.02)(key, shape, dtype).astype(jnp.float32))
+    flax = np.asarray(nnx.initializers.normal(0.02)(key, shape, dtype).astype(jnp.float32))
+    assert ours.shape == shape
+    np.testing.assert_array_equal(ours, flax)
