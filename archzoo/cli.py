@@ -10,7 +10,7 @@ from pathlib import Path
 
 from archzoo.config import ConfigError
 
-__all__ = ["EXIT_SIGTERM", "main"]
+__all__ = ["EXIT_SIGTERM", "entry", "main"]
 
 # `archzoo run` stopped by SIGTERM (after saving the run under way): the shell's code for it.
 EXIT_SIGTERM = 128 + signal.SIGTERM
@@ -288,6 +288,7 @@ def _lm_eval(lm_eval_args: list[str]) -> int:
 def _bench(args) -> int:
     import jax
 
+    from archzoo import hostmem
     from archzoo.bench import DEFAULT_MODEL, bench_train, matmul_peak_flops
     from archzoo.models import load_model_config
 
@@ -305,7 +306,7 @@ def _bench(args) -> int:
     if args.reference == "torch":
         return _bench_against_torch(args, variants)
     peak = matmul_peak_flops()
-    print(f"float32 matmul peak (2048x2048, best of 10): {peak / 1e9:,.1f} GFLOP/s")
+    print(f"float32 matmul peak (2048x2048, best of 10): {peak / 1e9:,.1f} GFLOP/s; host memory: {hostmem.state()}")
     print(f"batch {args.batch_size} x length {args.length}, float32, AdamW; step time is the median of {args.steps} steps")
     device = jax.devices()[0].memory_stats() is not None  # GPUs report their allocator's figures
     print(
@@ -332,13 +333,14 @@ def _bench_against_torch(args, variants) -> int:
     import numpy as np
     import torch
 
+    from archzoo import hostmem
     from archzoo.bench import bench_against_torch
 
     rates = bench_against_torch(variants, batch=args.batch_size, length=args.length, steps=args.steps, rounds=args.rounds)
     print(
         f"batch {args.batch_size} x length {args.length}, float32, AdamW; {args.rounds} rounds of {args.steps} steps, "
         f"archzoo and the PyTorch {torch.__version__} reference (benchmarks/torch_gpt.py: the {variants[0][0]}, eager, "
-        f"{torch.get_num_threads()} threads) interleaved in this process"
+        f"{torch.get_num_threads()} threads) interleaved in this process; host memory: {hostmem.state()}"
     )
     print(f"{'model':<18}{'tokens/s (median)':>19}{'torch tokens/s':>16}{'ratio min':>11}{'ratio median':>14}")
     torch_rates = np.array(rates.pop("torch"))
@@ -557,5 +559,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``archzoo`` command: :func:`main` on the command line's arguments, in a process whose
+    host memory comes in huge pages (:func:`archzoo.hostmem.reexec`)."""
+    from archzoo import hostmem
+
+    hostmem.reexec()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

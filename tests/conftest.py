@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from archzoo import hostmem  # no jax: the flags below still come first
+
 # Before jax starts (here and in every subprocess a test launches, which inherit the
 # environment): compile without LLVM's optimisations. The tests' tiny models spend most of their
 # time compiling; this cuts the suite's time by about a third, and every comparison a test makes
@@ -20,6 +22,12 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # computation, the flags and the jax version, so a change of code compiles afresh.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax-test-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+# Huge pages for the host memory of the test workers (pytest-xdist starts them after this) and
+# of the subprocesses tests start, as the archzoo command gives itself (archzoo.hostmem).
+_huge = hostmem.environ()
+if _huge is not None:
+    os.environ["GLIBC_TUNABLES"] = _huge["GLIBC_TUNABLES"]
 
 
 def pytest_collection_modifyitems(config, items):
