@@ -75,7 +75,7 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
     """Times ``steps`` training steps of one compiled step (after a first, compiling one).
 
     Returns:
-      ``tokens_per_s``, ``step_s``, ``first_step_s`` (trace + compile + run), ``model_flops``
+      ``tokens_per_s``, ``step_s``, ``first_step_s`` (model and optimizer init, trace, compile, run), ``model_flops``
       per step (active parameters: an MoE layer's chosen experts and router; recomputation
       under ``remat`` is not model FLOPs), ``mfu`` (fraction of ``peak``), ``params``,
       ``active_params``, ``remat`` (the model's policy), ``peak_bytes`` (what the compiled step
@@ -145,8 +145,8 @@ def bench_against_torch(variants, *, batch: int = 16, length: int = 256, steps: 
     """Times archzoo's training step of each variant and the plain PyTorch step of the same
     causal decoder (``benchmarks/torch_gpt.py``, mirroring the first variant and starting from
     its weights) on the same batch in one process, interleaved: each round times ``steps`` steps
-    of every archzoo variant, then of the reference, so drifts of a shared machine reach both
-    alike.
+    of every archzoo variant, then of the reference (each after one untimed step), so drifts of a
+    shared machine reach both alike.
 
     Args:
       variants: ``[(name, ModelConfig)]``; the first is a GPT-2-style causal decoder.
@@ -173,6 +173,10 @@ def bench_against_torch(variants, *, batch: int = 16, length: int = 256, steps: 
     rates = {name: [] for name, _, _ in runs}
     for _ in range(rounds):
         for name, run, n in runs:
+            # One untimed step first: PyTorch's OpenMP threads spin for a while after its step
+            # (the next step measured after it took 0.8-0.97 s against 0.36-0.43 s), which would
+            # charge the contender after it for the interleaving, not for its own step.
+            run()
             t0 = time.perf_counter()
             for _ in range(steps):
                 run()
