@@ -75,11 +75,11 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
     """Times ``steps`` training steps of one compiled step (after a first, compiling one).
 
     Returns:
-      ``tokens_per_s``, ``step_s``, ``first_step_s`` (model and optimizer init, trace, compile, run), ``model_flops``
-      per step (active parameters: an MoE layer's chosen experts and router; recomputation
-      under ``remat`` is not model FLOPs), ``mfu`` (fraction of ``peak``), ``params``,
-      ``active_params``, ``remat`` (the model's policy), ``peak_bytes`` (what the compiled step
-      needs: :func:`compiled_peak_bytes`) and ``device_peak_bytes`` (the device allocator's
+      ``tokens_per_s``, ``step_s``, ``first_step_s`` (model and optimizer init, trace, compile,
+      run), ``model_flops`` per step (active parameters: an MoE layer's chosen experts and
+      router; recomputation under ``remat`` is not model FLOPs), ``mfu`` (fraction of ``peak``),
+      ``params``, ``active_params``, ``remat`` (the model's policy), ``peak_bytes`` (what the
+      compiled step needs: :func:`compiled_peak_bytes`) and ``device_peak_bytes`` (the device allocator's
       high-water mark since the process started, where the device reports one (GPUs); else None).
     """
     cfg = load_model_config(model_cfg)

@@ -42,21 +42,23 @@ def _thp_mode() -> str | None:
     return text[text.index("[") + 1 : text.index("]")] if "[" in text else None
 
 
-def _glibc_with_tunable() -> bool:
+def _takes_effect() -> bool:
+    """Whether the tunable changes anything here: Linux with glibc 2.35 or newer and the kernel's
+    huge pages on ``madvise``."""
     name, version = platform.libc_ver()
     try:
-        return name == "glibc" and tuple(int(p) for p in version.split(".")[:2]) >= (2, 35)
+        glibc = name == "glibc" and tuple(int(p) for p in version.split(".")[:2]) >= (2, 35)
     except ValueError:
         return False
+    return glibc and sys.platform.startswith("linux") and _thp_mode() == "madvise"
 
 
 def state(env=None) -> str:
     """What this process's host memory gets, in words (printed by ``archzoo bench``)."""
     env = os.environ if env is None else env
-    mode = _thp_mode()
-    if mode == "always":
+    if _thp_mode() == "always":
         return "transparent huge pages (the kernel's default here)"
-    if mode == "madvise" and TUNABLE in env.get("GLIBC_TUNABLES", "") and _glibc_with_tunable():
+    if TUNABLE in env.get("GLIBC_TUNABLES", "") and _takes_effect():
         return f"transparent huge pages ({TUNABLE})"
     return "4 KiB pages"
 
@@ -65,9 +67,7 @@ def environ(env=None) -> dict | None:
     """``env`` (default ``os.environ``) with the tunable added to ``GLIBC_TUNABLES``, or None where
     it is there already or would have no effect."""
     env = dict(os.environ if env is None else env)
-    if env.get("ARCHZOO_HUGE_PAGES") == "0" or not sys.platform.startswith("linux"):
-        return None
-    if "glibc.malloc.hugetlb" in env.get("GLIBC_TUNABLES", "") or _thp_mode() != "madvise" or not _glibc_with_tunable():
+    if env.get("ARCHZOO_HUGE_PAGES") == "0" or "glibc.malloc.hugetlb" in env.get("GLIBC_TUNABLES", "") or not _takes_effect():
         return None
     env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), TUNABLE]))
     return env

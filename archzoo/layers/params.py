@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -10,8 +11,6 @@ from flax import nnx
 from archzoo.layers.init import WIDTH_ROLES
 
 __all__ = ["param", "normal", "zeros", "ones"]
-
-
 
 
 def normal(std: float = 1e-2):
