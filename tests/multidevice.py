@@ -121,6 +121,61 @@ def checkpoints(spec: dict) -> dict:
     return result
 
 
+def splash(spec: dict) -> dict:
+    """Splash attention (Pallas interpret mode) over packed causal rows, forward and the
+    gradients of q, k and v, on one device and under each mesh: per mesh, the largest
+    difference from one device relative to the largest value of that output, the collectives of the compiled program and the specs of the
+    output and of the query gradient."""
+    import jax.numpy as jnp
+
+    from archzoo import masks
+    from archzoo.layers import splash as sp
+
+    B, L, H, G, Dh = (spec[k] for k in ("rows", "length", "heads", "kv_heads", "head_dim"))
+    rng = np.random.default_rng(0)
+    seg, pos = np.zeros((B, L), np.int32), np.zeros((B, L), np.int32)
+    for b in range(B):  # two examples, then padding
+        a = int(rng.integers(L // 8, L // 2))
+        c = int(rng.integers(1, L - a))
+        seg[b, :a], pos[b, :a] = 1, np.arange(a)
+        seg[b, a : a + c], pos[b, a : a + c] = 2, np.arange(c)
+    q, k, v = (jnp.asarray(rng.normal(size=(B, L, n, Dh)), jnp.float32) for n in (H, G, G))
+    g = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+    def attention(q, k, v, seg, pos):
+        f = masks.facts(seg, positions=pos, ordered=True)
+        mask = masks.causal(f) & masks.same_segment(f)
+        out, pull = jax.vjp(lambda q, k, v: sp.attend(q, k, v, sp.translate(mask), Dh**-0.5, interpret=True), q, k, v)
+        return (out, *pull(g))
+
+    def spec_of(a):  # one entry per dimension
+        spec = list(a.sharding.spec) + [None] * (a.ndim - len(a.sharding.spec))
+        return [list(p) if isinstance(p, tuple) else p for p in spec]
+
+    args = (q, k, v, jnp.asarray(seg), jnp.asarray(pos))
+    want = jax.jit(attention)(*args)
+    result = {}
+    for name, mesh in spec["meshes"].items():
+        layout = Layout.of(MeshConfig(**mesh))
+        names = [("batch", "length", "heads", "head_dim")] + [("batch", "length", "kv_heads", "head_dim")] * 2 + [("batch", "length")] * 2
+        placed = [jax.device_put(a, layout.sharding(n, a.shape)) for a, n in zip(args, names)]
+
+        def under_layout(*a):
+            with layout.active():
+                return attention(*a)
+
+        compiled = jax.jit(under_layout).lower(*placed).compile()
+        text = compiled.as_text()
+        got = compiled(*placed)
+        result[name] = {
+            "max_rel_diff": max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(got, want)),
+            "all_gathers": text.count("all-gather("),
+            "out_spec": spec_of(got[0]),
+            "dq_spec": spec_of(got[1]),
+        }
+    return result
+
+
 if __name__ == "__main__":
     what, arg = sys.argv[1], json.loads(sys.argv[2])
-    print(json.dumps({"steps": steps, "checkpoints": checkpoints}[what](arg)))
+    print(json.dumps({"steps": steps, "checkpoints": checkpoints, "splash": splash}[what](arg)))
