@@ -19,7 +19,7 @@ from archzoo.train.flops import feed_forward_params, train_flops
 from archzoo.train.optimizer import OptimizerConfig
 from archzoo.train.step import make_train_step, split_model
 
-__all__ = ["matmul_peak_flops", "bench_train", "bench_against_torch", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "bench_attention", "DEFAULT_MODEL"]
+__all__ = ["matmul_peak_flops", "data_sheet_peak", "DATA_SHEET_HALF_PEAKS", "bench_train", "bench_against_torch", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "bench_attention", "DEFAULT_MODEL"]
 
 # GPT-2-style: vocab 256, d_model 256, 4 layers, 4 heads, context 256 (batch 16, float32, AdamW).
 DEFAULT_MODEL = dict(
@@ -35,10 +35,14 @@ DEFAULT_MODEL = dict(
 _SEED = 0  # every benchmarked model's initialisation (the torch reference copies the causal decoder's)
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
-    """Float32 FLOP/s of a jitted ``[n, n] @ [n, n]`` matmul on the default device (best of runs)."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n)), jnp.float32)
+def matmul_peak_flops(n: int | None = None, repeats: int = 10, dtype: str = "float32") -> float:
+    """FLOP/s of a jitted ``[n, n] @ [n, n]`` matmul in ``dtype`` on the default device (best of
+    ``repeats`` runs); ``n`` defaults to 2048 on CPU and 8192 on an accelerator, where a smaller
+    matmul is too short to fill it."""
+    if n is None:
+        n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+    b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n)), dtype)
     mm = jax.jit(lambda x, y: x @ y)
     mm(a, b).block_until_ready()
     best = float("inf")
@@ -47,6 +51,31 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10) -> float:
         mm(a, b).block_until_ready()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
+
+
+# Dense (no sparsity) bfloat16/float16 matmul peaks from the makers' data sheets, by a part of
+# jax's ``device_kind``; the first that the kind contains counts, so the more specific come first.
+DATA_SHEET_HALF_PEAKS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989.4e12),  # SXM
+    ("H200", 989.4e12),
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5", 459e12),  # v5p
+    ("TPU v6 lite", 918e12),  # v6e (Trillium)
+)
+
+
+def data_sheet_peak(device_kind: str, dtype: str) -> float | None:
+    """The data-sheet dense matmul peak (FLOP/s) of a device of kind ``device_kind``
+    (``jax.devices()[0].device_kind``) in ``dtype``, where :data:`DATA_SHEET_HALF_PEAKS` knows
+    it: half precision only (float32 on these parts runs as TF32 or in several bf16 passes,
+    whose peaks are not one number); else None."""
+    if dtype not in ("bfloat16", "float16"):
+        return None
+    return next((peak for part, peak in DATA_SHEET_HALF_PEAKS if part in device_kind), None)
 
 
 def _synthetic_batch(cfg, batch: int, length: int, prefix: bool) -> dict:

@@ -289,7 +289,7 @@ def _bench(args) -> int:
     import jax
 
     from archzoo import hostmem
-    from archzoo.bench import DEFAULT_MODEL, bench_train, matmul_peak_flops
+    from archzoo.bench import DEFAULT_MODEL, bench_train, data_sheet_peak, matmul_peak_flops
     from archzoo.models import load_model_config
 
     if args.config:
@@ -305,28 +305,45 @@ def _bench(args) -> int:
         variants = [(name, load_model_config(cfg, [f"remat={p}"])) for name, cfg in variants for p in args.remat.split(",")]
     if args.reference == "torch":
         return _bench_against_torch(args, variants)
-    peak = matmul_peak_flops()
-    print(f"float32 matmul peak (2048x2048, best of 10): {peak / 1e9:,.1f} GFLOP/s; host memory: {hostmem.state()}")
-    print(f"batch {args.batch_size} x length {args.length}, float32, AdamW; step time is the median of {args.steps} steps")
+    dtypes = sorted({cfg.dtype for _, cfg in variants})
+    peaks = {dtype: matmul_peak_flops(dtype=dtype) for dtype in dtypes}
+    kind = jax.devices()[0].device_kind
+    sheet = {dtype: data_sheet_peak(kind, dtype) for dtype in dtypes}
+    measured = "; ".join(f"{dtype} {_flops(peak)}" for dtype, peak in peaks.items())
+    print(f"matmul peak measured here ({kind}, best of 10): {measured}; host memory: {hostmem.state()}")
+    if any(sheet.values()):
+        print("data-sheet peak (dense): " + "; ".join(f"{dtype} {_flops(p)}" for dtype, p in sheet.items() if p) + "; MFU (sheet) is against it")
+    print(f"batch {args.batch_size} x length {args.length}, {', '.join(dtypes)}, AdamW; step time is the median of {args.steps} steps")
     device = jax.devices()[0].memory_stats() is not None  # GPUs report their allocator's figures
     print(
+        "MFU: model FLOPs per second over the matmul peak measured here in the model's dtype; "
         "peak: what the compiled step holds (arguments + outputs + temporaries - donated buffers, XLA's memory analysis)"
         + ("; device peak: the allocator's high-water mark since the process started (it never falls)" if device else "")
     )
+    on_sheet = any(sheet.values())
     print(
         f"{'model':<18}{'remat':<11}{'params':>12}{'tokens/s':>12}{'step (ms)':>11}{'first step (s)':>16}{'MFU':>8}"
-        f"{'peak (MiB)':>12}" + (f"{'device peak (MiB)':>19}" if device else "")
+        + (f"{'MFU (sheet)':>13}" if on_sheet else "")
+        + f"{'peak (MiB)':>12}" + (f"{'device peak (MiB)':>19}" if device else "")
     )
     for name, cfg in variants:
-        r = bench_train(cfg, batch=args.batch_size, length=args.length, steps=args.steps, peak=peak)
+        r = bench_train(cfg, batch=args.batch_size, length=args.length, steps=args.steps, peak=peaks[cfg.dtype])
         line = (
             f"{name:<18}{r['remat']:<11}{r['params']:>12,}{r['tokens_per_s']:>12,.0f}{r['step_s'] * 1e3:>11.1f}"
-            f"{r['first_step_s']:>16.2f}{r['mfu']:>8.1%}{r['peak_bytes'] / 2**20:>12.1f}"
+            f"{r['first_step_s']:>16.2f}{r['mfu']:>8.1%}"
         )
+        if on_sheet:
+            p = sheet[cfg.dtype]
+            line += f"{r['model_flops'] / r['step_s'] / p:>13.1%}" if p else f"{'-':>13}"
+        line += f"{r['peak_bytes'] / 2**20:>12.1f}"
         if device:
             line += f"{(r['device_peak_bytes'] or 0) / 2**20:>19.1f}"
         print(line, flush=True)
     return 0
+
+
+def _flops(per_s: float) -> str:
+    return f"{per_s / 1e12:,.1f} TFLOP/s" if per_s >= 1e12 else f"{per_s / 1e9:,.1f} GFLOP/s"
 
 
 def _bench_against_torch(args, variants) -> int:

@@ -87,7 +87,8 @@ def test_packer_state_round_trip():
 
     exs = examples(3, 7)
     a = Packer({"decoder": 24}, 2)
-    outs_a = [a.add(decoder_features(e, START)) for e in exs[:4]]
+    for e in exs[:4]:
+        a.add(decoder_features(e, START))
     b = Packer({"decoder": 24}, 2)
     b.restore(a.state())
     rest_a = [a.add(decoder_features(e, START)) for e in exs[4:]] + [a.flush()]

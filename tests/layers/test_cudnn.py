@@ -250,3 +250,74 @@ def test_the_translation_reads_only_what_survives_jit():
     np.testing.assert_array_equal(np.asarray(lengths(self_mask(*CAUSAL_SEG))), real_lengths(PADDED))
     lengths(self_mask(*CAUSAL_SEG, ordered=False))
     assert seen == [True, None]
+
+
+# -- the kernel itself, at a size it runs (on a GPU; its harness on CPU through jax's reference) --
+
+
+def scaled(rows, n: int = 32) -> np.ndarray:
+    """Each token of ``rows`` repeated ``n`` times: the same layouts at ``n`` times the length."""
+    return np.repeat(np.asarray(rows), n, axis=1)
+
+
+# every supported layout at 256 tokens, head width 64
+AT_SIZE = {
+    "causal & same_segment, one example + padding": lambda: self_mask(*CAUSAL_SEG, seg=scaled(PADDED)),
+    "causal & sliding_window(64) & same_segment": lambda: self_mask(*CAUSAL_SEG, ("window", 64), seg=scaled(PADDED)),
+    "encoder full & same_segment": lambda: self_mask(("full",), ("same_segment",), seg=scaled(PADDED)),
+    "encoder full & not_padding over packed rows": lambda: self_mask(("full",), ("not_padding",), seg=scaled(PACKED)),
+    "cross, one example per row (one row without encoder tokens)": lambda: masks.cross(facts(scaled(PADDED)), facts(scaled(ENCODER))),
+    "full": lambda: self_mask(("full",), seg=scaled(PACKED)),
+    "causal, one example without padding": lambda: self_mask(("causal",), seg=scaled(ONE_EXAMPLE)),
+}
+
+
+def kernel_against_xla(mask, implementation: str, dtype=jnp.bfloat16) -> dict:
+    """The translated kernel and the xla backend on the same half-precision inputs, each
+    measured against the xla backend in float32 on those inputs: the largest error of each at
+    real queries, for the output and the three gradients. The cotangent is zero at padding
+    queries."""
+    B, Q, K = mask.shape
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(B, n, h, 64)), dtype) for n, h in ((Q, 4), (K, 2), (K, 2)))
+    real = np.asarray(jnp.broadcast_to(mask.q.segment_ids != 0, (B, Q)))
+    g = jnp.asarray(rng.normal(size=q.shape) * real[:, :, None, None], dtype)
+    cm = cudnn.translate(mask)
+    assert cm is not None and cm.holds is True
+
+    def run(attend, *args):
+        out, pull = jax.vjp(lambda q, k, v: attend(q, k, v), *args)
+        return (out, *pull(g.astype(out.dtype)))
+
+    kernel = jax.jit(lambda *a: run(lambda q, k, v: cudnn.attend(q, k, v, cm, None, 0.125, implementation=implementation), *a))
+    xla = jax.jit(lambda *a: run(lambda q, k, v: kernels.xla_attention(q, k, v, mask, None, 0.125), *a))
+    exact = xla(*(a.astype(jnp.float32) for a in (q, k, v)))
+    errors = {}
+    for name, got in (("kernel", kernel(q, k, v)), ("xla", xla(q, k, v))):
+        diffs = [np.abs(np.asarray(a, np.float32) - np.asarray(b)) for a, b in zip(got, exact)]
+        errors[name] = [float(diffs[0][real].max()), *(float(d.max()) for d in diffs[1:])]
+        errors[name + "_padding_out"] = float(np.abs(np.asarray(got[0], np.float32)[~real]).max(initial=0.0))
+    errors["lengths"] = cm.query_seq_lengths is not None
+    return errors
+
+
+def assert_as_close_as_xla(errors: dict) -> None:
+    """The kernel's error from the float32 result is at most twice the xla backend's own in
+    the same precision, plus 1e-3 (half precision rounds differently, not worse); where the
+    translation gives lengths, padding queries give zeros."""
+    for part, kernel, xla in zip(("out", "dq", "dk", "dv"), errors["kernel"], errors["xla"]):
+        assert kernel <= 2 * xla + 1e-3, (part, errors)
+    if errors["lengths"]:
+        assert errors["kernel_padding_out"] == 0.0, errors
+
+
+@pytest.mark.parametrize("name", list(AT_SIZE))
+def test_the_harness_of_the_kernel_check_through_jax_reference(name):
+    """What the GPU test below runs, through jax's XLA implementation of the same arguments."""
+    assert_as_close_as_xla(kernel_against_xla(AT_SIZE[name](), "xla"))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs an NVIDIA GPU")
+@pytest.mark.parametrize("name", list(AT_SIZE))
+def test_on_a_gpu_cudnn_equals_the_xla_backend(name):
+    assert_as_close_as_xla(kernel_against_xla(AT_SIZE[name](), "cudnn"))

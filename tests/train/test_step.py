@@ -3,11 +3,10 @@
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 import archzoo
 from archzoo.features import pack_examples
-from archzoo.train.optimizer import OptimizerConfig, build_optimizer, decay_mask, learning_rate
+from archzoo.train.optimizer import OptimizerConfig, decay_mask, learning_rate
 from archzoo.train.step import make_train_step, split_model
 from tests.features.test_packing import BASE, LENGTHS, START, examples
 
