@@ -20,7 +20,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import jax
 
@@ -43,12 +43,16 @@ class DistributedConfig:
       process_id: this process's index in ``[0, num_processes)``; usually given per process by
         ``ARCHZOO_PROCESS_ID`` rather than in a shared file.
       timeout_s: how long to wait for the coordinator and for every process to join.
+      heartbeat_s: how long the coordination service waits to hear from a process before it
+        counts it dead and ends the others (JAX's ``heartbeat_timeout_seconds``): after a kill -9
+        of one process, the rest end within about this long instead of waiting for it.
     """
 
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
     timeout_s: int = 120
+    heartbeat_s: int = 100
 
     def __post_init__(self):
         if self.coordinator is not None:
@@ -59,6 +63,8 @@ class DistributedConfig:
             raise invalid("distributed.process_id", f"must be >= 0, got {self.process_id}")
         if self.timeout_s < 1:
             raise invalid("distributed.timeout_s", f"must be >= 1, got {self.timeout_s}")
+        if self.heartbeat_s < 1:
+            raise invalid("distributed.heartbeat_s", f"must be >= 1, got {self.heartbeat_s}")
 
 
 def _host_port(address: str, key: str) -> tuple[str, int]:
@@ -78,7 +84,7 @@ def settings(cfg: DistributedConfig | None) -> DistributedConfig | None:
     }
     if cfg is None and not any(env.values()):
         return None
-    values = {} if cfg is None else {"coordinator": cfg.coordinator, "num_processes": cfg.num_processes, "process_id": cfg.process_id, "timeout_s": cfg.timeout_s}
+    values = {} if cfg is None else asdict(cfg)
     for key, value in env.items():
         if value is None:
             continue
@@ -105,7 +111,7 @@ def initialize(cfg: DistributedConfig | None) -> None:
     if cfg is None or jax.distributed.is_initialized():
         return
     if cfg.coordinator is None:  # the cluster's own environment (SLURM, MPI, TPU) says it all
-        jax.distributed.initialize(initialization_timeout=cfg.timeout_s)
+        jax.distributed.initialize(initialization_timeout=cfg.timeout_s, heartbeat_timeout_seconds=cfg.heartbeat_s)
         return
     if cfg.num_processes is None or cfg.process_id is None:
         raise ConfigError(
@@ -117,7 +123,9 @@ def initialize(cfg: DistributedConfig | None) -> None:
     if cfg.process_id != 0:
         _wait_for(cfg.coordinator, cfg.timeout_s, cfg.process_id, cfg.num_processes)
     try:
-        jax.distributed.initialize(cfg.coordinator, cfg.num_processes, cfg.process_id, initialization_timeout=cfg.timeout_s)
+        jax.distributed.initialize(
+            cfg.coordinator, cfg.num_processes, cfg.process_id, initialization_timeout=cfg.timeout_s, heartbeat_timeout_seconds=cfg.heartbeat_s
+        )
     except RuntimeError as e:
         raise DistributedError(
             f"process {cfg.process_id} of {cfg.num_processes} cannot join the run: {e}; the processes must be joined "

@@ -65,7 +65,9 @@ def reference(cfg, steps: int):
 @pytest.mark.slow
 def test_two_processes_train_as_one_with_the_global_batch_and_resume_after_a_kill_9(tmp_path):
     # task evaluation at the end: process 0 scores a whole copy of the parameters
-    path = config(tmp_path, budget=f"{{kind: steps, value: {STEPS}}}", extra=f"eval: {{tasks: [copy], shots: [1], examples: 3, every: {STEPS}}}")
+    # and a heartbeat short enough that process 0 ends by itself soon after its peer's kill
+    extra = f"eval: {{tasks: [copy], shots: [1], examples: 3, every: {STEPS}}}\ndistributed: {{heartbeat_s: 10}}"
+    path = config(tmp_path, budget=f"{{kind: steps, value: {STEPS}}}", extra=extra)
     cfg = load_run_configs(path)[0]
     expected, expected_params = reference(cfg, STEPS)
 
@@ -79,12 +81,13 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume_after_a_kil
         out, err = procs[1].communicate()
         pytest.fail(f"process 1 ended before a checkpoint was sealed: {err[-3000:]}")
     os.kill(procs[1].pid, signal.SIGKILL)
-    try:
-        procs[0].wait(timeout=3)  # it waits for its peer in vain: killed below
+    try:  # the coordination service counts the silent peer dead after heartbeat_s and ends it
+        _, err = procs[0].communicate(timeout=60)  # JAX's default heartbeat is 100 s
     except subprocess.TimeoutExpired:
         procs[0].kill()
-    for p in procs:
-        p.communicate()
+        pytest.fail(f"process 0 still waits for its killed peer 60 s after the kill: {procs[0].communicate()[1][-3000:]}")
+    assert procs[0].returncode != 0, err[-3000:]
+    procs[1].communicate()
     summary = json.loads((cfg.run_dir / "run.json").read_text()).get("summary")
     assert summary is None, "the pair finished before the kill: nothing to resume"
 
@@ -126,6 +129,8 @@ def test_distributed_settings_are_checked_at_the_edge(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match=r"distributed.coordinator: expected host:port"):
         DistributedConfig(coordinator="localhost")
+    with pytest.raises(ConfigError, match=r"distributed.heartbeat_s.*must be >= 1, got 0"):
+        DistributedConfig(heartbeat_s=0)
     monkeypatch.setenv("ARCHZOO_NUM_PROCESSES", "two")
     with pytest.raises(ConfigError, match=r"ARCHZOO_NUM_PROCESSES: expected a non-negative integer, got 'two'"):
         settings(None)
