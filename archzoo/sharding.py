@@ -52,6 +52,8 @@ __all__ = [
     "MeshConfig",
     "Layout",
     "constrain",
+    "per_device_attention",
+    "attention_specs",
     "create_sharded",
     "check_divisible",
     "variable_shardings",
@@ -309,6 +311,52 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
         return x
     assert len(names) == x.ndim, (names, x.shape)
     return jax.lax.with_sharding_constraint(x, layout.sharding(names, x.shape))
+
+
+def attention_specs(layout: Layout, q_shape, k_shape) -> tuple[PartitionSpec, PartitionSpec]:
+    """The partition specs of queries ``[B, Q, H, Dh]`` and of keys and values ``[B, K, G, Dh]``
+    that split rows over the layout's ``batch`` axes and heads over its ``heads`` axes, never
+    positions or head width (each device attends its rows in full).
+
+    Query heads are split only where the key/value heads are split alike (a device keeps the
+    key/value heads of its query heads), or where there is one key/value head, which every
+    device keeps.
+    """
+    q = layout.spec(("batch", "length", "heads", "head_dim"), tuple(q_shape))
+    kv = layout.spec(("batch", "length", "kv_heads", "head_dim"), tuple(k_shape))
+    rows, heads, kv_heads = q[0], q[2], kv[2]
+    if heads != kv_heads and k_shape[2] != 1:
+        heads = kv_heads = None
+    return PartitionSpec(rows, None, heads, None), PartitionSpec(rows, None, kv_heads, None)
+
+
+def per_device_attention(kernel: Callable, q_BQHD: jax.Array, k_BKGD: jax.Array, v_BKGD: jax.Array, *extras):
+    """``kernel(q, k, v, *arrays)`` (``[B, Q, H, Dh]`` out) run on each device's own rows and
+    heads under an active :class:`Layout` of several devices (``jax.shard_map`` over its
+    ``batch`` and ``heads`` axes, :func:`attention_specs`); called as it is otherwise.
+
+    For the attention kernels the partitioner cannot split (a Pallas call, an FFI custom call):
+    it would gather every query, key and value onto each device and repeat the whole attention
+    there. Gradients flow through: shard_map's transpose sums an input's cotangent over the mesh
+    axes that do not split it (one key/value head shared by split query heads, a bias broadcast
+    over rows).
+
+    Args:
+      kernel: the attention of the rows and heads at hand.
+      q_BQHD, k_BKGD, v_BKGD: queries, keys and values.
+      *extras: ``(array, dims)`` pairs: ``dims`` names each dimension of ``array``, ``"B"``
+        rows and ``"H"`` query heads split like the queries', any other letter kept whole, as
+        is a dimension of size 1 (broadcast).
+    """
+    arrays = [a for a, _ in extras]
+    layout = active_layout()
+    if layout is None or layout.mesh.size == 1:
+        return kernel(q_BQHD, k_BKGD, v_BKGD, *arrays)
+    q_spec, kv_spec = attention_specs(layout, q_BQHD.shape, k_BKGD.shape)
+    split = {"B": q_spec[0], "H": q_spec[2]}
+    specs = [PartitionSpec(*(split.get(d) if n != 1 else None for d, n in zip(dims, a.shape, strict=True))) for a, dims in extras]
+    sharded = jax.shard_map(kernel, mesh=layout.mesh, in_specs=(q_spec, kv_spec, kv_spec, *specs), out_specs=q_spec, check_vma=False)
+    return sharded(q_BQHD, k_BKGD, v_BKGD, *arrays)
 
 
 def _is_variable(x) -> bool:

@@ -121,14 +121,17 @@ def checkpoints(spec: dict) -> dict:
     return result
 
 
-def splash(spec: dict) -> dict:
-    """Splash attention (Pallas interpret mode) over packed causal rows, forward and the
-    gradients of q, k and v, on one device and under each mesh: per mesh, the largest
-    difference from one device relative to the largest value of that output, the collectives of the compiled program and the specs of the
-    output and of the query gradient."""
+def kernel(spec: dict) -> dict:
+    """An attention kernel (``backend``: ``splash`` in Pallas interpret mode, or the fused
+    ``cpu`` one) over packed causal rows, forward and the gradients of q, k and v (and of a
+    logit bias shared by the rows, ``bias: true``), on one device and under each mesh: per
+    mesh, the largest difference from one device relative to the largest value of that output,
+    the collectives of the compiled program and the specs of the output and of the query
+    gradient."""
     import jax.numpy as jnp
 
     from archzoo import masks
+    from archzoo.layers import cpu_fused
     from archzoo.layers import splash as sp
 
     B, L, H, G, Dh = (spec[k] for k in ("rows", "length", "heads", "kv_heads", "head_dim"))
@@ -140,24 +143,31 @@ def splash(spec: dict) -> dict:
         seg[b, :a], pos[b, :a] = 1, np.arange(a)
         seg[b, a : a + c], pos[b, a : a + c] = 2, np.arange(c)
     q, k, v = (jnp.asarray(rng.normal(size=(B, L, n, Dh)), jnp.float32) for n in (H, G, G))
+    bias = jnp.asarray(rng.normal(size=(1, H, L, L)), jnp.float32) if spec.get("bias") else None
     g = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+    assert spec["backend"] == "splash" or cpu_fused.available()  # built and registered
 
-    def attention(q, k, v, seg, pos):
+    def attention(q, k, v, seg, pos, *bias):
         f = masks.facts(seg, positions=pos, ordered=True)
         mask = masks.causal(f) & masks.same_segment(f)
-        out, pull = jax.vjp(lambda q, k, v: sp.attend(q, k, v, sp.translate(mask), Dh**-0.5, interpret=True), q, k, v)
+        if spec["backend"] == "splash":
+            attend = lambda q, k, v: sp.attend(q, k, v, sp.translate(mask), Dh**-0.5, interpret=True)
+        else:
+            attend = lambda q, k, v, *bias: cpu_fused.attend(q, k, v, mask.allowed(), bias[0] if bias else None, Dh**-0.5)
+        out, pull = jax.vjp(attend, q, k, v, *bias)
         return (out, *pull(g))
 
     def spec_of(a):  # one entry per dimension
         spec = list(a.sharding.spec) + [None] * (a.ndim - len(a.sharding.spec))
         return [list(p) if isinstance(p, tuple) else p for p in spec]
 
-    args = (q, k, v, jnp.asarray(seg), jnp.asarray(pos))
+    args = (q, k, v, jnp.asarray(seg), jnp.asarray(pos)) + (() if bias is None else (bias,))
     want = jax.jit(attention)(*args)
     result = {}
     for name, mesh in spec["meshes"].items():
         layout = Layout.of(MeshConfig(**mesh))
         names = [("batch", "length", "heads", "head_dim")] + [("batch", "length", "kv_heads", "head_dim")] * 2 + [("batch", "length")] * 2
+        names += [(None, "heads", None, None)] * (bias is not None)
         placed = [jax.device_put(a, layout.sharding(n, a.shape)) for a, n in zip(args, names)]
 
         def under_layout(*a):
@@ -178,4 +188,4 @@ def splash(spec: dict) -> dict:
 
 if __name__ == "__main__":
     what, arg = sys.argv[1], json.loads(sys.argv[2])
-    print(json.dumps({"steps": steps, "checkpoints": checkpoints, "splash": splash}[what](arg)))
+    print(json.dumps({"steps": steps, "checkpoints": checkpoints, "kernel": kernel}[what](arg)))

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archzoo.sharding import per_device_attention
+
 __all__ = ["available", "supports", "attend", "HEAD_WIDTHS"]
 
 HEAD_WIDTHS = (16, 32, 64, 128)  # the widths the kernel is instantiated for
@@ -177,9 +179,17 @@ _core.defvjp(_core_fwd, _core_bwd)
 def attend(q_BQHD, k_BKGD, v_BKGD, allowed_BQK, bias_BHQK, scale: float):
     """The kernel on a dense boolean mask ``[B, Q, K]`` (broadcast from any leading 1):
     ``[B, Q, H, Dh]`` in the inputs' dtype; queries with no allowed key get 0 and no gradient.
-    Call :func:`available` and :func:`supports` first."""
+    Under an active layout of several devices, each device runs it on its own rows and heads
+    (:func:`archzoo.sharding.per_device_attention`). Call :func:`available` and :func:`supports`
+    first."""
     dtype = q_BQHD.dtype
     B, Q = q_BQHD.shape[:2]
-    allowed = jnp.broadcast_to(allowed_BQK, (B, Q, k_BKGD.shape[1]))
-    f32 = lambda x: None if x is None else x.astype(jnp.float32)
-    return _core(f32(q_BQHD), f32(k_BKGD), f32(v_BKGD), allowed, f32(bias_BHQK), float(scale)).astype(dtype)
+    f32 = lambda x: x.astype(jnp.float32)
+    extras = [(jnp.broadcast_to(allowed_BQK, (B, Q, k_BKGD.shape[1])), "BQK")]
+    if bias_BHQK is not None:
+        extras.append((f32(bias_BHQK), "BHQK"))
+
+    def kernel(q, k, v, allowed, *bias):
+        return _core(q, k, v, allowed, bias[0] if bias else None, float(scale))
+
+    return per_device_attention(kernel, f32(q_BQHD), f32(k_BKGD), f32(v_BKGD), *extras).astype(dtype)

@@ -40,7 +40,6 @@ from einops import rearrange
 
 from archzoo.layers import cpu_fused, cudnn, splash
 from archzoo.masks import Mask
-from archzoo.sharding import active_layout
 
 __all__ = [
     "xla_attention",
@@ -224,12 +223,6 @@ def cpu_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     return xla_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
 
 
-def _one_device() -> bool:
-    """No mesh of several devices is active (a custom call would be replicated over it)."""
-    layout = active_layout()
-    return layout is None or layout.mesh.size == 1
-
-
 def cudnn_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     """cuDNN fused attention (NVIDIA GPUs) told the mask as :func:`archzoo.layers.cudnn.translate`
     arguments; masks it cannot say (packed rows, ``prefix``, ...) and inputs it does not take
@@ -268,10 +261,11 @@ def auto_attention(q_BQHD, k_BKGD, v_BKGD, mask: Mask, bias_BHQK, scale: float):
     """cuDNN on GPU, splash on TPU, where the mask translates and is known to hold when traced
     (auto never branches on the data: a translation that assumes a layout of traced facts
     goes to ``xla``) and the inputs fit the kernel; on CPU the fused ``cpu`` kernel where it is
-    built, the inputs fit it and no mesh of several devices is active; ``xla`` otherwise.
+    built and the inputs fit it; ``xla`` otherwise. Under a mesh of several devices the cpu and
+    splash kernels run on each device's own rows and heads; cuDNN's call is split by JAX itself.
     A logit bias (ALiBi, T5) keeps to ``xla`` on GPU too: cuDNN's bias gradient is unverified."""
     platform = jax.default_backend()
-    if platform == "cpu" and _one_device():
+    if platform == "cpu":
         return cpu_attention(q_BQHD, k_BKGD, v_BKGD, mask, bias_BHQK, scale)
     if platform == "gpu" and cudnn.supports(q_BQHD) and bias_BHQK is None:
         translated = cudnn.translate(mask)

@@ -23,10 +23,9 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
-from jax.sharding import PartitionSpec
 
 from archzoo.masks import Mask, TokenFacts
-from archzoo.sharding import active_layout
+from archzoo.sharding import per_device_attention
 
 __all__ = ["SplashMask", "translate", "attend", "supports", "BLOCK"]
 
@@ -130,12 +129,8 @@ def supports(q_BQHD: jax.Array, k_BKGD: jax.Array, bias_BHQK: jax.Array | None) 
 
 
 def attend(q_BQHD, k_BKGD, v_BKGD, sm: SplashMask, scale: float, *, interpret: bool = False):
-    """Splash attention under the translated mask.
-
-    Under an active :class:`archzoo.sharding.Layout` of several devices the kernel runs on each
-    device's own rows and heads (``jax.shard_map`` over the layout's ``batch`` and ``heads``
-    axes): the partitioner cannot split a Pallas call, and would otherwise gather every query,
-    key and value onto each device and repeat the whole attention there.
+    """Splash attention under the translated mask; under an active layout of several devices,
+    on each device's own rows and heads (:func:`archzoo.sharding.per_device_attention`).
 
     Args:
       q_BQHD: queries ``[B, Q, H, Dh]``.
@@ -150,32 +145,9 @@ def attend(q_BQHD, k_BKGD, v_BKGD, sm: SplashMask, scale: float, *, interpret: b
     B, Q, K = q_BQHD.shape[0], q_BQHD.shape[1], k_BKGD.shape[1]
     segments = ()
     if sm.q_segment_ids is not None:
-        segments = (jnp.broadcast_to(sm.q_segment_ids, (B, Q)), jnp.broadcast_to(sm.kv_segment_ids, (B, K)))
+        segments = ((jnp.broadcast_to(sm.q_segment_ids, (B, Q)), "BQ"), (jnp.broadcast_to(sm.kv_segment_ids, (B, K)), "BK"))
     local = partial(_attend_local, static=sm.static, scale=scale, interpret=interpret)
-    layout = active_layout()
-    if layout is None or layout.mesh.size == 1:
-        return local(q_BQHD, k_BKGD, v_BKGD, *segments)
-    q_spec, kv_spec, rows_spec = shard_specs(layout, q_BQHD.shape, k_BKGD.shape)
-    in_specs = (q_spec, kv_spec, kv_spec) + (rows_spec,) * len(segments)
-    sharded = jax.shard_map(local, mesh=layout.mesh, in_specs=in_specs, out_specs=q_spec, check_vma=False)
-    return sharded(q_BQHD, k_BKGD, v_BKGD, *segments)
-
-
-def shard_specs(layout, q_shape, k_shape) -> tuple[PartitionSpec, PartitionSpec, PartitionSpec]:
-    """The partition specs of queries, keys and values, and segment ids, that split rows over
-    the layout's ``batch`` axes and heads over its ``heads`` axes, never positions or head
-    width (each device attends its rows in full).
-
-    Query heads are split only where the key/value heads are split alike (a device keeps the
-    key/value heads of its query heads), or where there is one key/value head, which every
-    device keeps.
-    """
-    q = layout.spec(("batch", "length", "heads", "head_dim"), tuple(q_shape))
-    kv = layout.spec(("batch", "length", "kv_heads", "head_dim"), tuple(k_shape))
-    rows, heads, kv_heads = q[0], q[2], kv[2]
-    if heads != kv_heads and k_shape[2] != 1:
-        heads = kv_heads = None
-    return PartitionSpec(rows, None, heads, None), PartitionSpec(rows, None, kv_heads, None), PartitionSpec(rows, None)
+    return per_device_attention(local, q_BQHD, k_BKGD, v_BKGD, *segments)
 
 
 def _attend_local(q_BQHD, k_BKGD, v_BKGD, *segments, static: sa.Mask, scale: float, interpret: bool):

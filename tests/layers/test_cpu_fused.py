@@ -1,7 +1,7 @@
 """The fused CPU attention kernel against the XLA path: outputs and the gradients of queries,
 keys, values and a logit bias, on every mask kind (packed rows with padding, past one tile and
 past the XLA path's causal block), grouped-query and multi-query heads, ALiBi and T5 biases and
-bfloat16; ``auto`` picks it on CPU outside a mesh; a machine without a compiler takes the XLA
+bfloat16; ``auto`` picks it on CPU (under a mesh, on each device's own rows); a machine without a compiler takes the XLA
 path and says so in one line."""
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def test_bfloat16_equals_the_xla_path_in_float32():
     compare("prefix", G=2, dtype=jnp.bfloat16)
 
 
-def test_auto_takes_the_kernel_on_cpu_and_not_under_a_mesh_of_several_devices():
+def test_auto_takes_the_kernel_on_cpu_and_under_a_mesh_runs_it_on_each_devices_rows():
     f = packed_facts(64, 0)
     q, k, v = inputs(2, 64, jnp.float32, 0, Q=64)
 
@@ -141,9 +141,9 @@ def test_auto_takes_the_kernel_on_cpu_and_not_under_a_mesh_of_several_devices():
         fn = lambda q, k, v: auto_attention(q, k, v, masks.causal(f) & masks.same_segment(f), None, 0.1)
         return str(jax.make_jaxpr(fn)(q, k, v))
 
-    assert "archzoo_cpu_attention_forward" in lowered()
+    assert "archzoo_cpu_attention_forward" in lowered() and "shard_map" not in lowered()
     with Layout(AbstractMesh((2, 1, 1, 1), ("data", "fsdp", "tensor", "expert"))).active():
-        assert "archzoo_cpu_attention_forward" not in lowered()
+        assert "archzoo_cpu_attention_forward" in lowered() and "shard_map" in lowered()
     odd = jnp.zeros((B, 64, H, 24))  # a head width the kernel is not built for
     assert not cpu_fused.supports(odd, odd[:, :, :2], None)
 

@@ -4,9 +4,6 @@ backend; the backend's platform check and its branch on the data."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -15,11 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
-from jax.sharding import AbstractMesh
 
 from archzoo import masks
 from archzoo.layers import kernels, splash
-from archzoo.sharding import Layout, MeshConfig
 from tests.layers import mask_cases
 from tests.layers.mask_cases import ONE_EXAMPLE, PACKED, causal_or_full, decode_step_mask, facts
 
@@ -207,56 +202,3 @@ def test_the_backend_branches_on_the_layout_and_auto_does_not(monkeypatch):
     assert ran(auto(q, k, v, causal, jnp.zeros((1, H, 8, 8)), 1.0)) == XLA
     monkeypatch.setattr(splash, "BLOCK", 16)
     assert ran(forced(q, k, v, causal, None, 1.0)) == XLA
-
-
-# -- under a mesh --------------------------------------------------------------------------------
-
-
-def test_under_a_mesh_each_device_runs_the_kernel_on_its_own_rows_and_heads():
-    """8 simulated devices (a subprocess): the kernel's outputs and gradients under each mesh
-    equal one device's within 1e-5 of each output's largest value (the devices run smaller
-    batches, so float32 sums may be ordered otherwise), with no all-gather where rows and
-    heads split alike; grouped heads the tensor axis does not divide stay whole (one gather of
-    the query heads) and still give the same values."""
-    meshes = {"data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}, "data8": {"data": 8}, "data2_tensor4": {"data": 2, "tensor": 4}}
-    spec = {"rows": 8, "length": 256, "heads": 4, "kv_heads": 2, "head_dim": 16, "meshes": meshes}
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "multidevice.py"), "splash", json.dumps(spec)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.splitlines()[-1])
-    for name in meshes:
-        assert result[name]["max_rel_diff"] <= 1e-5, (name, result[name])
-    split = result["data2_fsdp2_tensor2"]
-    assert split["all_gathers"] == 0 and result["data8"]["all_gathers"] == 0
-    assert split["out_spec"] == split["dq_spec"] == [["data", "fsdp"], None, "tensor", None]
-    assert result["data8"]["out_spec"] == ["data", None, None, None]
-    # kv heads 2 over tensor=4: heads whole, rows still split
-    assert result["data2_tensor4"]["out_spec"] == ["data", None, None, None]
-
-
-def abstract_layout(**sizes):
-    axes = ("data", "fsdp", "tensor", "expert")
-    return Layout(AbstractMesh(tuple(sizes.get(a, 1) for a in axes), axes), MeshConfig().rule_table())
-
-
-@pytest.mark.parametrize(
-    "sizes, H, G, want_q, want_kv",
-    [
-        ({"data": 2, "tensor": 2}, 4, 2, ("data", None, "tensor", None), ("data", None, "tensor", None)),
-        ({"data": 2, "tensor": 4}, 4, 1, ("data", None, "tensor", None), ("data", None, None, None)),  # one kv head: every device keeps it
-        ({"data": 2, "tensor": 4}, 4, 2, ("data", None, None, None), ("data", None, None, None)),  # kv heads not split alike
-        ({"fsdp": 4, "tensor": 2}, 6, 3, ("fsdp", None, None, None), ("fsdp", None, None, None)),  # tensor divides no head count
-    ],
-)
-def test_the_shard_specs_split_query_heads_only_with_their_key_value_heads(sizes, H, G, want_q, want_kv):
-    q_spec, kv_spec, rows_spec = splash.shard_specs(abstract_layout(**sizes), (8, 256, H, 16), (8, 256, G, 16))
-    assert tuple(q_spec) == want_q and tuple(kv_spec) == want_kv and tuple(rows_spec) == (want_q[0], None)
-
-
-def test_the_shard_specs_never_split_positions_or_head_width():
-    rules = {**MeshConfig().rule_table(), "length": ("fsdp",), "head_dim": ("expert",)}
-    layout = Layout(AbstractMesh((2, 2, 1, 2), ("data", "fsdp", "tensor", "expert")), rules)
-    q_spec, kv_spec, _ = splash.shard_specs(layout, (8, 256, 4, 16), (8, 256, 4, 16))
-    assert q_spec[1] is None and q_spec[3] is None and kv_spec[1] is None and kv_spec[3] is None
