@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archzoo.config import ConfigError
+from archzoo.layers.kernels import check_backend
 from archzoo.models import build, count_params, load_model_config
 from archzoo.train.flops import feed_forward_params, train_flops
 from archzoo.train.optimizer import OptimizerConfig
 from archzoo.train.step import make_train_step, split_model
 
-__all__ = ["matmul_peak_flops", "data_sheet_peak", "DATA_SHEET_HALF_PEAKS", "bench_train", "bench_against_torch", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "bench_attention", "DEFAULT_MODEL"]
+__all__ = ["matmul_peak_flops", "data_sheet_peak", "DATA_SHEET_HALF_PEAKS", "bench_train", "check_model", "bench_against_torch", "compiled_peak_bytes", "bench_moe_layer", "moe_variants", "bench_attention", "DEFAULT_MODEL"]
 
 # GPT-2-style: vocab 256, d_model 256, 4 layers, 4 heads, context 256 (batch 16, float32, AdamW).
 DEFAULT_MODEL = dict(
@@ -138,9 +140,26 @@ def bench_train(model_cfg, *, batch: int = 16, length: int = 256, steps: int = 1
     }
 
 
+def check_model(cfg, length: int) -> None:
+    """Refuses, before any work, a model the benchmark cannot run as asked: rows longer than its
+    learned position table (inside the compiled step a lookup would silently read past it,
+    clamped to its last row) or a forced attention kernel this platform does not have.
+
+    Raises:
+      ConfigError: naming ``--length`` and ``position.max_len``, or ``attention.backend``.
+    """
+    if cfg.position.kind == "learned" and length > cfg.position.max_len:
+        raise ConfigError(
+            f"--length {length} needs {length} learned positions but the model's position.max_len={cfg.position.max_len}; "
+            f"pass --set position.max_len={length} or a shorter --length"
+        )
+    check_backend(cfg.attention.backend, "attention.backend")
+
+
 def _training_step(cfg, batch: int, length: int):
     """``(run, compiled, batch)``: ``run()`` takes one training step of ``cfg`` (AdamW, lr 1e-3)
     on a synthetic batch, waiting for it, with the state carried from step to step."""
+    check_model(cfg, length)
     data = _synthetic_batch(cfg, batch, length, prefix=cfg.bidirectional_prefix)
     data = {k: jnp.asarray(v) for k, v in data.items()}
     graphdef, params, rest = split_model(build(cfg, seed=_SEED))

@@ -289,7 +289,7 @@ def _bench(args) -> int:
     import jax
 
     from archzoo import hostmem
-    from archzoo.bench import DEFAULT_MODEL, bench_train, data_sheet_peak, matmul_peak_flops
+    from archzoo.bench import DEFAULT_MODEL, bench_train, check_model, data_sheet_peak, matmul_peak_flops
     from archzoo.models import load_model_config
 
     if args.config:
@@ -303,6 +303,8 @@ def _bench(args) -> int:
         ]
     if args.remat:  # every policy checked (as model.remat) before the first benchmark starts
         variants = [(name, load_model_config(cfg, [f"remat={p}"])) for name, cfg in variants for p in args.remat.split(",")]
+    for _, cfg in variants:
+        check_model(cfg, args.length)
     if args.reference == "torch":
         return _bench_against_torch(args, variants)
     dtypes = sorted({cfg.dtype for _, cfg in variants})

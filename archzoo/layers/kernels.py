@@ -25,9 +25,10 @@ The ``cudnn`` and ``splash`` backends hand the mask's structure to a fused kerne
 to ``xla``; where a translation assumes a layout of the facts that only the data can confirm
 (one example per row for cuDNN's lengths), they branch on device between the kernel and
 ``xla``. ``auto`` picks when tracing, without such a branch: ``cudnn`` on GPU and ``splash`` on
-TPU where the mask translates and the inputs fit the kernel, ``cpu`` on CPU where the kernel is
-built and the inputs fit it (not under a mesh of several devices, which would replicate it),
-``xla`` otherwise.
+TPU where the mask translates, holds when traced and the inputs fit the kernel, ``cpu`` on CPU
+where the kernel is built and the inputs fit it, ``xla`` otherwise. Under a mesh of several
+devices the ``cpu`` and ``splash`` kernels run on each device's own rows and heads
+(:func:`archzoo.sharding.per_device_attention`).
 """
 
 from __future__ import annotations
