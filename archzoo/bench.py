@@ -8,6 +8,7 @@ Benchmarks print figures; tests never check wall-clock time.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 
 import jax
@@ -56,17 +57,24 @@ def matmul_peak_flops(n: int | None = None, repeats: int = 10, dtype: str = "flo
 
 
 # Dense (no sparsity) bfloat16/float16 matmul peaks from the makers' data sheets, by a part of
-# jax's ``device_kind``; the first that the kind contains counts, so the more specific come first.
-DATA_SHEET_HALF_PEAKS: tuple[tuple[str, float], ...] = (
+# jax's ``device_kind`` matched as whole words ("A100" is not "A1000"); the first that matches
+# counts, so the more specific come first; None: a part whose peak is not listed here.
+DATA_SHEET_HALF_PEAKS: tuple[tuple[str, float | None], ...] = (
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),
     ("H100", 989.4e12),  # SXM
-    ("H200", 989.4e12),
+    ("H200 NVL", 835e12),
+    ("H200", 989.4e12),  # SXM
+    ("GH200", 989.4e12),
     ("A100", 312e12),
+    ("TPU v4 lite", None),  # v4i
     ("TPU v4", 275e12),
     ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
     ("TPU v5", 459e12),  # v5p
     ("TPU v6 lite", 918e12),  # v6e (Trillium)
+    ("TPU v6e", 918e12),
 )
 
 
@@ -77,7 +85,8 @@ def data_sheet_peak(device_kind: str, dtype: str) -> float | None:
     whose peaks are not one number); else None."""
     if dtype not in ("bfloat16", "float16"):
         return None
-    return next((peak for part, peak in DATA_SHEET_HALF_PEAKS if part in device_kind), None)
+    found = (peak for part, peak in DATA_SHEET_HALF_PEAKS if re.search(rf"(?<!\w){re.escape(part)}(?!\w)", device_kind))
+    return next(found, None)
 
 
 def _synthetic_batch(cfg, batch: int, length: int, prefix: bool) -> dict:

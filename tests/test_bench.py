@@ -29,6 +29,21 @@ def test_a_device_kind_finds_its_own_part_not_a_shorter_name_it_contains(kind, p
     assert data_sheet_peak(kind, "bfloat16") == want == data_sheet_peak(kind, "float16")
 
 
+@pytest.mark.parametrize(
+    "kind, want",
+    [
+        ("NVIDIA H200 NVL", 835e12),
+        ("NVIDIA GH200 480GB", 989.4e12),
+        ("TPU v5e", 197e12),
+        ("TPU v5p", 459e12),
+        ("TPU v4 lite", None),  # v4i: not v4's peak
+        ("NVIDIA RTX A1000 Laptop GPU", None),  # not an A100
+    ],
+)
+def test_parts_whose_names_contain_another_part_are_not_taken_for_it(kind, want):
+    assert data_sheet_peak(kind, "bfloat16") == want
+
+
 def test_float32_and_unknown_devices_have_no_data_sheet_peak():
     assert data_sheet_peak("NVIDIA H100 80GB HBM3", "float32") is None
     assert data_sheet_peak("cpu", "bfloat16") is None

@@ -56,6 +56,16 @@ def test_the_fused_cpu_kernel_under_a_mesh_runs_on_each_devices_own_rows_and_hea
     assert_split_on_own_rows_and_heads(on_meshes("cpu", kv_heads=1, bias=True), heads_split_on_tensor4=True)
 
 
+@pytest.mark.skipif(not cpu_fused.available(), reason="the fused kernel needs a C++ compiler")
+def test_rows_the_batch_axes_do_not_divide_still_give_one_devices_values():
+    """2 rows on data=2 x fsdp=2: split over data only, each pair of fsdp devices repeats its
+    row (shard_map's transpose divides their shared output's cotangent and sums the gradients
+    back), with one key/value head and a bias shared by the rows."""
+    result = on_meshes("cpu", rows=2, kv_heads=1, bias=True, meshes={"data2_fsdp2_tensor2": MESHES["data2_fsdp2_tensor2"]})
+    assert result["data2_fsdp2_tensor2"]["max_rel_diff"] <= 1e-5, result
+    assert result["data2_fsdp2_tensor2"]["out_spec"] == ["data", None, "tensor", None], result
+
+
 def abstract_layout(**sizes):
     axes = ("data", "fsdp", "tensor", "expert")
     return Layout(AbstractMesh(tuple(sizes.get(a, 1) for a in axes), axes), MeshConfig().rule_table())

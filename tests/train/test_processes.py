@@ -85,6 +85,7 @@ def test_two_processes_train_as_one_with_the_global_batch_and_resume_after_a_kil
         _, err = procs[0].communicate(timeout=60)  # JAX's default heartbeat is 100 s
     except subprocess.TimeoutExpired:
         procs[0].kill()
+        procs[1].communicate()
         pytest.fail(f"process 0 still waits for its killed peer 60 s after the kill: {procs[0].communicate()[1][-3000:]}")
     assert procs[0].returncode != 0, err[-3000:]
     procs[1].communicate()
