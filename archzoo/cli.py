@@ -311,9 +311,10 @@ def _bench(args) -> int:
     peaks = {dtype: matmul_peak_flops(dtype=dtype) for dtype in dtypes}
     kind = jax.devices()[0].device_kind
     sheet = {dtype: data_sheet_peak(kind, dtype) for dtype in dtypes}
+    on_sheet = any(sheet.values())
     measured = "; ".join(f"{dtype} {_flops(peak)}" for dtype, peak in peaks.items())
     print(f"matmul peak measured here ({kind}, best of 10): {measured}; host memory: {hostmem.state()}")
-    if any(sheet.values()):
+    if on_sheet:
         print("data-sheet peak (dense): " + "; ".join(f"{dtype} {_flops(p)}" for dtype, p in sheet.items() if p) + "; MFU (sheet) is against it")
     print(f"batch {args.batch_size} x length {args.length}, {', '.join(dtypes)}, AdamW; step time is the median of {args.steps} steps")
     device = jax.devices()[0].memory_stats() is not None  # GPUs report their allocator's figures
@@ -322,7 +323,6 @@ def _bench(args) -> int:
         "peak: what the compiled step holds (arguments + outputs + temporaries - donated buffers, XLA's memory analysis)"
         + ("; device peak: the allocator's high-water mark since the process started (it never falls)" if device else "")
     )
-    on_sheet = any(sheet.values())
     print(
         f"{'model':<18}{'remat':<11}{'params':>12}{'tokens/s':>12}{'step (ms)':>11}{'first step (s)':>16}{'MFU':>8}"
         + (f"{'MFU (sheet)':>13}" if on_sheet else "")

@@ -50,7 +50,6 @@ def test_float32_and_unknown_devices_have_no_data_sheet_peak():
 
 
 def test_the_measured_peak_is_in_the_dtype_asked_for(monkeypatch):
-    import jax
     import jax.numpy as jnp
 
     seen = []

@@ -15,6 +15,7 @@ from jax.sharding import AbstractMesh
 
 from archzoo.layers import cpu_fused
 from archzoo.sharding import Layout, MeshConfig, attention_specs
+from tests.test_sharding import abstract_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,11 +65,6 @@ def test_rows_the_batch_axes_do_not_divide_still_give_one_devices_values():
     result = on_meshes("cpu", rows=2, kv_heads=1, bias=True, meshes={"data2_fsdp2_tensor2": MESHES["data2_fsdp2_tensor2"]})
     assert result["data2_fsdp2_tensor2"]["max_rel_diff"] <= 1e-5, result
     assert result["data2_fsdp2_tensor2"]["out_spec"] == ["data", None, "tensor", None], result
-
-
-def abstract_layout(**sizes):
-    axes = ("data", "fsdp", "tensor", "expert")
-    return Layout(AbstractMesh(tuple(sizes.get(a, 1) for a in axes), axes), MeshConfig().rule_table())
 
 
 @pytest.mark.parametrize(
